@@ -1,0 +1,1 @@
+"""emailsvc: an email service built on Twisted."""

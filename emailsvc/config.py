@@ -1,0 +1,268 @@
+"""TOML configuration: typed, frozen, documented in etc/emailsvc.toml.
+
+Every section is a frozen dataclass.  `load()` walks the TOML document
+against those classes and collects every problem (unknown key, wrong type,
+value out of range, missing required value) before raising one
+`ConfigError`, so a user fixes them all in one go.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One configuration problem, located by its dotted key path."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; carries every problem found."""
+
+    def __init__(self, path: str, problems: list[Problem]):
+        self.path = path
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n".join(f"{self.path}: {problem}" for problem in self.problems)
+
+
+def _range(low=None, high=None):
+    """Field metadata: an inclusive numeric range."""
+    return {"low": low, "high": high}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str = "localhost"
+    data_dir: str = "var"
+    shutdown_timeout: float = field(default=30.0, metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certificate: str = ""
+    private_key: str = ""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+@dataclass(frozen=True)
+class SQLiteConfig:
+    path: str = "var/emailsvc.sqlite3"
+    readers: int = field(default=4, metadata=_range(1, 64))
+
+
+@dataclass(frozen=True)
+class PostgreSQLConfig:
+    dsn: str = ""
+    pool_size: int = field(default=8, metadata=_range(1, 256))
+
+
+@dataclass(frozen=True)
+class FilesystemBlobConfig:
+    path: str = "var/blobs"
+
+
+@dataclass(frozen=True)
+class S3BlobConfig:
+    endpoint: str = ""
+    region: str = "us-east-1"
+    bucket: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    metadata: str = "sqlite"
+    blobs: str = "fs"
+    orphan_grace: float = field(default=3600.0, metadata=_range(0))
+    gc_interval: float = field(default=3600.0, metadata=_range(1))
+    sqlite: SQLiteConfig = SQLiteConfig()
+    postgresql: PostgreSQLConfig = PostgreSQLConfig()
+    fs: FilesystemBlobConfig = FilesystemBlobConfig()
+    s3: S3BlobConfig = S3BlobConfig()
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    protocol: Literal["https", "metrics"] = "https"
+    address: str = "127.0.0.1"
+    port: int = field(default=0, metadata=_range(0, 65535))
+    tls: Literal["none", "starttls", "implicit"] = "none"
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    max_message_size: int = field(default=50 * 1024 * 1024, metadata=_range(1024))
+    max_recipients: int = field(default=100, metadata=_range(1))
+    max_line_length: int = field(default=4096, metadata=_range(512))
+    command_timeout: float = field(default=300.0, metadata=_range(1))
+    data_timeout: float = field(default=600.0, metadata=_range(1))
+    max_connections: int = field(default=1000, metadata=_range(1))
+    max_connections_per_ip: int = field(default=20, metadata=_range(1))
+    max_errors: int = field(default=10, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    max_failures: int = field(default=10, metadata=_range(1))
+    failure_window: float = field(default=600.0, metadata=_range(1))
+    lockout: float = field(default=900.0, metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    tls: TLSConfig = TLSConfig()
+    store: StoreConfig = StoreConfig()
+    smtp: SMTPConfig = SMTPConfig()
+    auth: AuthConfig = AuthConfig()
+    listeners: dict[str, ListenerConfig] = field(default_factory=dict)
+    path: str = field(default="", metadata={"internal": True})
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+class _Reader:
+    """Walks a TOML document against the dataclasses, collecting problems."""
+
+    def __init__(self):
+        self.problems: list[Problem] = []
+
+    def problem(self, key: str, message: str):
+        self.problems.append(Problem(key, message))
+
+    def section(self, cls, data, prefix: str):
+        if not isinstance(data, dict):
+            self.problem(prefix, "must be a table")
+            return cls()
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        for name in data:
+            if name not in fields:
+                self.problem(_join(prefix, name), "unknown key")
+        values = {}
+        for name, f in fields.items():
+            if name in data:
+                value = self.value(hints[name], data[name], _join(prefix, name), f.metadata)
+                if value is not _INVALID:
+                    values[name] = value
+        return cls(**values)
+
+    def value(self, hint, raw, key, metadata):
+        origin = typing.get_origin(hint)
+        if dataclasses.is_dataclass(hint):
+            return self.section(hint, raw, key)
+        if origin is dict:
+            if not isinstance(raw, dict):
+                self.problem(key, "must be a table")
+                return _INVALID
+            item = typing.get_args(hint)[1]
+            result = {}
+            for name, sub in raw.items():
+                value = self.value(item, sub, _join(key, name), {})
+                if value is not _INVALID:
+                    result[name] = value
+            return result
+        if origin is list:
+            if not isinstance(raw, list):
+                self.problem(key, "must be a list")
+                return _INVALID
+            item = typing.get_args(hint)[0]
+            values = [self.value(item, sub, f"{key}[{i}]", {}) for i, sub in enumerate(raw)]
+            return _INVALID if _INVALID in values else values
+        if origin is Literal:
+            choices = typing.get_args(hint)
+            if raw not in choices:
+                self.problem(key, "must be one of " + ", ".join(repr(c) for c in choices))
+                return _INVALID
+            return raw
+        if origin in (typing.Union, types.UnionType):
+            return self.value(typing.get_args(hint)[0], raw, key, metadata)
+        return self.scalar(hint, raw, key, metadata)
+
+    def scalar(self, hint, raw, key, metadata):
+        ok = isinstance(raw, hint) and not (hint is int and isinstance(raw, bool))
+        if hint is float and isinstance(raw, int) and not isinstance(raw, bool):
+            raw, ok = float(raw), True
+        if not ok:
+            self.problem(key, f"must be {_TYPE_NAMES[hint]}, not {type(raw).__name__} {raw!r}")
+            return _INVALID
+        low, high = metadata.get("low"), metadata.get("high")
+        if (low is not None and raw < low) or (high is not None and raw > high):
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            self.problem(key, f"must be {bounds}, not {raw!r}")
+            return _INVALID
+        return raw
+
+
+_INVALID = object()
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _check(config: Config, reader: _Reader):
+    """Cross-field rules that the types alone cannot express."""
+    if config.store.metadata == "postgresql" and not config.store.postgresql.dsn:
+        reader.problem("store.postgresql.dsn", "is required when store.metadata is 'postgresql'")
+    if config.store.blobs == "s3":
+        for name in ("endpoint", "bucket"):
+            if not getattr(config.store.s3, name):
+                reader.problem(f"store.s3.{name}", "is required when store.blobs is 's3'")
+    if bool(config.tls.certificate) != bool(config.tls.private_key):
+        reader.problem("tls", "certificate and private_key must be given together")
+    bound = {}
+    for name, listener in config.listeners.items():
+        key = f"listeners.{name}"
+        if listener.port == 0:
+            reader.problem(f"{key}.port", "is required")
+        where = (listener.address, listener.port)
+        if listener.port and where in bound:
+            reader.problem(f"{key}.port", f"is already used by listeners.{bound[where]}")
+        bound.setdefault(where, name)
+        if listener.protocol in ("metrics",) and listener.tls != "none":
+            reader.problem(f"{key}.tls", f"must be 'none' for protocol {listener.protocol!r}")
+        if listener.protocol == "https" and listener.tls == "starttls":
+            reader.problem(f"{key}.tls", "must be 'implicit' or 'none' for protocol 'https'")
+
+
+def parse(text: str, path: str = "<string>") -> Config:
+    """Parse TOML text into a Config, or raise ConfigError with every problem."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(path, [Problem("", f"not valid TOML: {error}")]) from None
+    reader = _Reader()
+    config = reader.section(Config, document, "")
+    if not reader.problems:
+        _check(config, reader)
+    if reader.problems:
+        raise ConfigError(path, reader.problems)
+    return dataclasses.replace(config, path=path)
+
+
+def load(path: str) -> Config:
+    """Read and parse the configuration file at `path`."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ConfigError(path, [Problem("", f"cannot read the configuration file: {reason}")]) from None
+    return parse(text, path)

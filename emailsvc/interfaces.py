@@ -1,0 +1,232 @@
+"""Every zope Interface of emailsvc.
+
+Protocols reach data only through these; backends implement them.  All
+methods that touch storage return Deferreds.
+"""
+from zope.interface import Attribute, Interface
+
+
+class IBlobStore(Interface):
+    """Raw RFC 5322 messages, written once and never rewritten.
+
+    Backends load from the `emailsvc.blobstores` entry-point group and are
+    built with `from_config(config, reactor)`.
+    """
+
+    def start():
+        """Prepare the store (create directories, check the bucket). @return: Deferred."""
+
+    def stop():
+        """Release resources. @return: Deferred."""
+
+    def put(data):
+        """Store `data` (bytes) durably under a new key.
+
+        @return: Deferred firing with the key (str) once the bytes are durable.
+        """
+
+    def get(key, offset=0, length=None):
+        """Read bytes `[offset, offset+length)` of blob `key` (all when None).
+
+        @return: Deferred firing with bytes; fails with BlobNotFound.
+        """
+
+    def delete(key):
+        """Remove blob `key`; removing a missing blob is not an error.
+
+        @return: Deferred.
+        """
+
+    def keys_older_than(timestamp):
+        """All keys of blobs written before `timestamp` (seconds since epoch).
+
+        @return: Deferred firing with a list of keys.
+        """
+
+
+class IDirectory(Interface):
+    """Domains, users, aliases, credentials and quotas."""
+
+    def add_domain(name):
+        """Serve mail for `name`. @return: Deferred firing with the normalised name."""
+
+    def remove_domain(name):
+        """Stop serving `name`; fails with NotEmpty while users or aliases remain."""
+
+    def list_domains():
+        """@return: Deferred firing with the sorted domain names."""
+
+    def add_user(address, password, quota=None):
+        """Create a user. @return: Deferred firing with the new `User`."""
+
+    def set_password(address, password):
+        """Replace a user's password. @return: Deferred."""
+
+    def set_quota(address, quota):
+        """Set a user's quota in bytes (None: unlimited). @return: Deferred."""
+
+    def get_user(address):
+        """@return: Deferred firing with the `User` or None."""
+
+    def get_user_by_id(user_id):
+        """@return: Deferred firing with the `User` or None."""
+
+    def list_users(domain=None):
+        """@return: Deferred firing with `User`s sorted by address."""
+
+    def remove_user(address):
+        """Delete a user and their aliases as destination. @return: Deferred firing with the `User`."""
+
+    def authenticate(address, password):
+        """Check a password. @return: Deferred firing with the `User` or None."""
+
+    def add_alias(source, destination):
+        """Forward `source` (an address, or `@domain` for catch-all) to `destination`."""
+
+    def remove_alias(source, destination=None):
+        """Remove one destination of `source`, or all of them when None."""
+
+    def list_aliases(domain=None):
+        """@return: Deferred firing with `Alias`es sorted by source."""
+
+    def resolve(address):
+        """Local recipients of `address` after alias and catch-all expansion.
+
+        @return: Deferred firing with a `Resolution`.
+        """
+
+
+class IMailStore(Interface):
+    """Mailbox and message metadata for users (SQL)."""
+
+    def provision_user(user_id):
+        """Create the default mailboxes (INBOX and special-use) if missing. @return: Deferred."""
+
+    def remove_user(user_id):
+        """Delete all mailboxes and messages of a user. @return: Deferred."""
+
+    def list_mailboxes(user_id):
+        """@return: Deferred firing with `Mailbox`es sorted by name."""
+
+    def get_mailbox(user_id, name):
+        """@return: Deferred firing with the `Mailbox` or None."""
+
+    def get_special_mailbox(user_id, special_use):
+        """@return: Deferred firing with the mailbox having that special use (e.g. "\\\\Junk"), or None."""
+
+    def create_mailbox(user_id, name, special_use=None):
+        """Create `name` and any missing parents. @return: Deferred firing with the `Mailbox`."""
+
+    def rename_mailbox(user_id, old, new):
+        """Rename a mailbox and its children; renaming INBOX moves its messages.
+
+        @return: Deferred firing with the renamed `Mailbox`.
+        """
+
+    def delete_mailbox(user_id, name):
+        """Delete a mailbox, its children and their messages. @return: Deferred."""
+
+    def set_subscribed(user_id, name, subscribed):
+        """@return: Deferred."""
+
+    def append(mailbox_id, content, flags=(), internal_date=None):
+        """Add a message whose `content` (a `Content`) was stored already.
+
+        @return: Deferred firing with the new `MessageRecord`.
+        """
+
+    def deliver(deliveries, content):
+        """Append one content to many mailboxes atomically.
+
+        @param deliveries: a list of (mailbox_id, flags) pairs.
+        @return: Deferred firing with the list of `MessageRecord`s.
+        """
+
+    def list_messages(mailbox_id, uids=None):
+        """@return: Deferred firing with `MessageRecord`s in UID order."""
+
+    def get_content(content_id):
+        """@return: Deferred firing with the `Content` or None."""
+
+    def store_flags(mailbox_id, uids, flags, mode, unchanged_since=None):
+        """Change flags. `mode` is "add", "remove" or "replace".
+
+        @return: Deferred firing with (changed `MessageRecord`s, UIDs refused by unchanged_since).
+        """
+
+    def copy(mailbox_id, uids, target_id):
+        """@return: Deferred firing with a dict source UID -> new UID."""
+
+    def move(mailbox_id, uids, target_id):
+        """Copy, then expunge from the source, atomically. @return: as copy."""
+
+    def expunge(mailbox_id, uids=None):
+        """Remove \\\\Deleted messages (only those in `uids`, when given).
+
+        @return: Deferred firing with the sorted expunged UIDs.
+        """
+
+    def expunged_since(mailbox_id, modseq):
+        """@return: Deferred firing with UIDs expunged with a MODSEQ above `modseq`."""
+
+    def collect_garbage(blobs, grace):
+        """Delete unreferenced contents, then blobs older than `grace` seconds
+        that nothing references. @return: Deferred firing with the number of blobs removed.
+        """
+
+
+class IMetadataBackend(Interface):
+    """A SQL engine with the directory and mail store on it.
+
+    Backends load from the `emailsvc.stores` entry-point group and are built
+    with `from_config(config, reactor)`.
+    """
+
+    directory = Attribute("The IDirectory.")
+    mail = Attribute("The IMailStore.")
+
+    def start():
+        """Connect and apply schema deltas. @return: Deferred."""
+
+    def stop():
+        """Finish pending writes and disconnect. @return: Deferred."""
+
+
+class ISMTPSession(Interface):
+    """One SMTP connection's view of policy and delivery.
+
+    The ESMTP protocol calls these in order (connected, helo, then per
+    transaction mail_from, rcpt_to..., data; reset on RSET/EHLO).  Each may
+    return a Deferred; a failure with SMTPReplyError is sent to the client as
+    its reply, any other failure as `451 4.3.0`.
+    """
+
+    def connected(peer_host, peer_port, tls):
+        """A client connected (tls: implicit TLS). Refuse with SMTPReplyError."""
+
+    def helo(name, extended):
+        """HELO/EHLO `name` (str) was given."""
+
+    def tls_started():
+        """STARTTLS completed; the next command is a new EHLO."""
+
+    def mail_from(sender, parameters):
+        """MAIL FROM with `sender` (str, "" for the null sender) and ESMTP
+        `parameters` (dict of upper-case keyword -> str or None)."""
+
+    def rcpt_to(recipient, parameters):
+        """RCPT TO; fires when the recipient is accepted."""
+
+    def data(message):
+        """The whole message (bytes, CRLF line ends, dot-unstuffed, without a
+        trace header) for the accepted recipients.
+
+        @return: Deferred firing with the text of the 250 reply (e.g. the
+            queue id) once the message is durable.
+        """
+
+    def reset():
+        """Forget the current transaction (RSET, new EHLO, or after DATA)."""
+
+    def disconnected():
+        """The connection closed; release anything held for it."""

@@ -1,0 +1,261 @@
+"""The composition root: config in, a tree of named services out.
+
+Children start in order and asynchronously (stores first, then listeners,
+then background jobs); the first failure stops the whole start with one
+clear log line and a non-zero exit.  Stopping runs in reverse and lets
+in-flight work finish, up to `server.shutdown_timeout`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from emailsvc import plugins, tls
+
+log = Logger()
+
+
+class AsyncService(Service):
+    """A named child whose start and stop may take time (Deferreds)."""
+
+    def start(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+    def stop(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+
+class InFlight:
+    """Counts work (a delivery, say) that a clean shutdown waits for."""
+
+    def __init__(self):
+        self._pending: set[defer.Deferred] = set()
+        self._waiters: list[defer.Deferred] = []
+
+    def track(self, deferred: defer.Deferred) -> defer.Deferred:
+        """Remember `deferred` until it fires; returns it unchanged."""
+        self._pending.add(deferred)
+
+        def forget(result):
+            self._pending.discard(deferred)
+            if not self._pending:
+                waiters, self._waiters = self._waiters, []
+                for waiter in waiters:
+                    if not waiter.called:
+                        waiter.callback(None)
+            return result
+
+        return deferred.addBoth(forget)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def wait(self, clock, timeout: float) -> defer.Deferred:
+        """Fire once nothing is pending, or after `timeout` seconds."""
+        if not self._pending:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        self._waiters.append(waiter)
+        timer = clock.callLater(timeout, lambda: waiter.called or waiter.callback(None))
+        return waiter.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+
+
+class ListenerService(AsyncService):
+    """One listening port for one protocol factory."""
+
+    def __init__(self, name: str, endpoint, factory, description: str):
+        self.setName(name)
+        self.endpoint = endpoint
+        self.factory = factory
+        self.description = description
+        self.port = None
+
+    @defer.inlineCallbacks
+    def start(self):
+        try:
+            self.port = yield self.endpoint.listen(self.factory)
+        except Exception as error:
+            raise StartError(f"listener {self.name}: cannot listen on {self.description}: {error}") from error
+        log.info("listener {name} on {where}", name=self.name, where=self.description)
+
+    def stop(self):
+        port, self.port = self.port, None
+        return defer.maybeDeferred(port.stopListening) if port else defer.succeed(None)
+
+
+class PeriodicService(AsyncService):
+    """Runs `function()` (which may return a Deferred) every `interval` seconds."""
+
+    def __init__(self, name: str, interval: float, function, clock):
+        self.setName(name)
+        self._loop = LoopingCall(self._run, function)
+        self._loop.clock = clock
+        self._interval = interval
+
+    @staticmethod
+    def _run(function):
+        return defer.maybeDeferred(function).addErrback(
+            lambda failure: log.failure("periodic job failed", failure)
+        )
+
+    def start(self):
+        self._loop.start(self._interval, now=False)
+        return defer.succeed(None)
+
+    def stop(self):
+        if self._loop.running:
+            self._loop.stop()
+        return defer.succeed(None)
+
+
+class StoreService(AsyncService):
+    """Starts and stops the metadata backend and blob store."""
+
+    def __init__(self, metadata, blobs):
+        self.setName("store")
+        self.metadata = metadata
+        self.blobs = blobs
+
+    @defer.inlineCallbacks
+    def start(self):
+        yield self.metadata.start()
+        yield self.blobs.start()
+
+    @defer.inlineCallbacks
+    def stop(self):
+        yield self.blobs.stop()
+        yield self.metadata.stop()
+
+
+class StartError(Exception):
+    """A child service could not start; the message is for the operator."""
+
+
+def open_store(config, reactor) -> StoreService:
+    """The configured metadata backend and blob store, not yet started."""
+    metadata = plugins.load("emailsvc.stores", config.store.metadata).from_config(config, reactor)
+    blobs = plugins.load("emailsvc.blobstores", config.store.blobs).from_config(config, reactor)
+    return StoreService(metadata, blobs)
+
+
+def endpoint_for(reactor, listener, tls_context):
+    """The server endpoint of one listener (implicit TLS when configured)."""
+    address, port = listener.address, listener.port
+    if listener.tls == "implicit":
+        return SSL4ServerEndpoint(reactor, port, tls_context, interface=address)
+    if ":" in address:
+        return TCP6ServerEndpoint(reactor, port, interface=address)
+    return TCP4ServerEndpoint(reactor, port, interface=address)
+
+
+class EmailService(MultiService):
+    """The root service: named children started in order."""
+
+    def __init__(self, reactor, shutdown_timeout: float):
+        super().__init__()
+        self._reactor = reactor
+        self._shutdown_timeout = shutdown_timeout
+        self.inflight = InFlight()
+        self.started: defer.Deferred | None = None
+        self._running_children: list[AsyncService] = []
+
+    def startService(self):
+        Service.startService(self)
+        self.started = self._start_children()
+        self.started.addErrback(self._failed)
+
+    @defer.inlineCallbacks
+    def _start_children(self):
+        for child in self:
+            yield child.start()
+            child.running = True
+            self._running_children.append(child)
+        log.info("emailsvc started")
+
+    def _failed(self, failure):
+        reason = failure.value if failure.check(StartError) else failure.getTraceback()
+        log.critical("emailsvc failed to start: {reason}", reason=reason)
+        self._reactor.addSystemEventTrigger("after", "shutdown", _exit_failure)
+        self._reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        Service.stopService(self)
+        if self.started is not None and not self.started.called:
+            self.started.cancel()
+        for child in reversed(self._running_children):
+            if isinstance(child, ListenerService):
+                yield child.stop()
+                child.running = False
+        if len(self.inflight):
+            log.info("waiting for {n} transactions in flight", n=len(self.inflight))
+        yield self.inflight.wait(self._reactor, self._shutdown_timeout)
+        for child in reversed(self._running_children):
+            if child.running:
+                yield child.stop()
+                child.running = False
+        self._running_children.clear()
+        log.info("emailsvc stopped")
+
+
+def _https(context):
+    from emailsvc.web.health import web_site
+
+    return web_site(context.reactor)
+
+
+def _metrics(context):
+    from emailsvc.web.metrics import metrics_site
+
+    return metrics_site(reactor=context.reactor)
+
+
+# Protocol name (listeners.*.protocol) -> builder of its server factory.
+PROTOCOLS = {"https": _https, "metrics": _metrics}
+
+
+class BuildContext:
+    """What a protocol builder may use: config, reactor, store, TLS, tracker."""
+
+    def __init__(self, config, reactor, store, tls_context, inflight):
+        self.config = config
+        self.reactor = reactor
+        self.store = store
+        self.tls_context = tls_context
+        self.inflight = inflight
+
+
+def build(config, reactor) -> EmailService:
+    """The root service for `config`; nothing binds until it starts."""
+    root = EmailService(reactor, config.server.shutdown_timeout)
+    store = open_store(config, reactor)
+    store.setServiceParent(root)
+    tls_context = None
+    if any(listener.tls != "none" for listener in config.listeners.values()):
+        cert, key = tls.ensure_certificate(config.tls, config.server.data_dir, config.server.hostname, config.path)
+        tls_context = tls.server_context(cert, key, config.tls.min_version)
+    context = BuildContext(config, reactor, store, tls_context, root.inflight)
+    for name, listener in config.listeners.items():
+        factory = PROTOCOLS[listener.protocol](context)
+        where = f"[{listener.address}]:{listener.port}" if ":" in listener.address else f"{listener.address}:{listener.port}"
+        description = f"{where} ({listener.protocol}, tls {listener.tls})"
+        ListenerService(name, endpoint_for(reactor, listener, tls_context), factory, description).setServiceParent(root)
+    PeriodicService(
+        "garbage-collector",
+        config.store.gc_interval,
+        lambda: store.metadata.mail.collect_garbage(store.blobs, config.store.orphan_grace),
+        reactor,
+    ).setServiceParent(root)
+    return root
+
+
+def _exit_failure():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)

@@ -1,0 +1,479 @@
+"""Mailboxes and messages in SQL (IMailStore).
+
+UIDs and MODSEQs come from counters on the mailbox row, advanced in the
+same transaction that uses them, so a UID is never handed out twice even
+after the message is expunged or the transaction is rolled back.
+"""
+from __future__ import annotations
+
+import json
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from emailsvc.errors import AlreadyExists, InvalidName, NotFound
+from emailsvc.interfaces import IMailStore
+from emailsvc.store.model import Content, Mailbox, MessageRecord
+
+DELIMITER = "/"
+INBOX = "INBOX"
+DEFAULT_MAILBOXES = (
+    (INBOX, None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Junk", "\\Junk"),
+    ("Trash", "\\Trash"),
+    ("Archive", "\\Archive"),
+)
+SPECIAL_USES = {use for _, use in DEFAULT_MAILBOXES if use} | {"\\All", "\\Flagged"}
+SYSTEM_FLAGS = {"\\seen": 1, "\\answered": 2, "\\flagged": 4, "\\deleted": 8, "\\draft": 16}
+_FLAG_NAMES = {bit: "\\" + name[1:].capitalize() for name, bit in SYSTEM_FLAGS.items()}
+_DELETED = SYSTEM_FLAGS["\\deleted"]
+_MAX_NAME = 512
+_MESSAGE_COLUMNS = "mailbox_id, uid, modseq, flags, keywords, internal_date, size, content_id"
+_MAILBOX_COLUMNS = (
+    "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed,"
+    " (SELECT count(*) FROM messages m WHERE m.mailbox_id = mailboxes.id),"
+    " (SELECT count(*) FROM messages m WHERE m.mailbox_id = mailboxes.id AND m.flags & 1 = 0),"
+    " (SELECT coalesce(sum(size), 0) FROM messages m WHERE m.mailbox_id = mailboxes.id)"
+)
+_CHUNK = 500
+
+
+def normalize_mailbox_name(name: str) -> str:
+    """Validate a mailbox name; INBOX is case-insensitive. Raises InvalidName."""
+    if not name or len(name) > _MAX_NAME:
+        raise InvalidName("mailbox name must have 1 to 512 characters")
+    if any(ord(c) < 32 or c in "*%\x7f" for c in name):
+        raise InvalidName("mailbox name contains a forbidden character")
+    parts = name.split(DELIMITER)
+    if any(not part or part != part.strip() for part in parts):
+        raise InvalidName("mailbox name has an empty or padded level")
+    if parts[0].upper() == INBOX:
+        parts[0] = INBOX
+    return DELIMITER.join(parts)
+
+
+def split_flags(flags) -> tuple[int, list[str]]:
+    """(system flag bits, keywords) from flag names; keywords keep their case."""
+    bits, keywords, seen = 0, [], set()
+    for flag in flags:
+        lower = flag.lower()
+        if lower in SYSTEM_FLAGS:
+            bits |= SYSTEM_FLAGS[lower]
+        elif flag.startswith("\\") or not flag or any(c in flag for c in ' (){%*"\\]') or any(
+            ord(c) < 33 or ord(c) > 126 for c in flag
+        ):
+            raise InvalidName(f"invalid flag: {flag!r}")
+        elif lower not in seen:
+            seen.add(lower)
+            keywords.append(flag)
+    return bits, keywords
+
+
+def _flag_set(bits: int, keywords: str) -> frozenset[str]:
+    names = {name for bit, name in _FLAG_NAMES.items() if bits & bit}
+    return frozenset(names | set(keywords.split()))
+
+
+def _record(row) -> MessageRecord:
+    return MessageRecord(
+        mailbox_id=row[0], uid=row[1], modseq=row[2], flags=_flag_set(row[3], row[4]),
+        internal_date=row[5], size=row[6], content_id=row[7],
+    )
+
+
+def _mailbox(row) -> Mailbox | None:
+    if row is None:
+        return None
+    return Mailbox(
+        id=row[0], user_id=row[1], name=row[2], special_use=row[3], uidvalidity=row[4],
+        uidnext=row[5], highestmodseq=row[6], subscribed=bool(row[7]),
+        messages=row[8], unseen=row[9], size=row[10],
+    )
+
+
+def _chunks(items):
+    items = list(items)
+    for start in range(0, len(items), _CHUNK):
+        yield items[start:start + _CHUNK]
+
+
+def _placeholders(items) -> str:
+    return ", ".join("?" * len(items))
+
+
+@implementer(IMailStore)
+class SQLMailStore:
+    """IMailStore over a database engine (SQLiteDatabase or PostgreSQL)."""
+
+    def __init__(self, db, now):
+        self._db = db
+        self._now = now
+
+    # Mailboxes
+
+    def provision_user(self, user_id):
+        def provision(connection):
+            for name, use in DEFAULT_MAILBOXES:
+                if not self._find(connection, user_id, name):
+                    self._create(connection, user_id, name, use)
+
+        return self._db.write(provision)
+
+    def remove_user(self, user_id):
+        def remove(connection):
+            connection.execute("DELETE FROM mailboxes WHERE user_id = ?", (user_id,))
+            connection.execute("DELETE FROM mail_users WHERE user_id = ?", (user_id,))
+
+        return self._db.write(remove)
+
+    def list_mailboxes(self, user_id):
+        def query(connection):
+            return [_mailbox(row) for row in connection.execute(
+                f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE user_id = ? ORDER BY name", (user_id,)
+            )]
+
+        return self._db.read(query)
+
+    def get_mailbox(self, user_id, name):
+        try:
+            name = normalize_mailbox_name(name)
+        except InvalidName:
+            return defer.succeed(None)
+        return self._db.read(self._find, user_id, name)
+
+    def get_special_mailbox(self, user_id, special_use):
+        def query(connection):
+            return _mailbox(connection.execute(
+                f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE user_id = ? AND special_use = ?"
+                " ORDER BY id LIMIT 1", (user_id, special_use),
+            ).fetchone())
+
+        return self._db.read(query)
+
+    def create_mailbox(self, user_id, name, special_use=None):
+        def create(connection):
+            nonlocal name
+            name = normalize_mailbox_name(name)
+            if special_use is not None and special_use not in SPECIAL_USES:
+                raise InvalidName(f"unknown special use: {special_use}")
+            if self._find(connection, user_id, name):
+                raise AlreadyExists(f"mailbox {name} exists already")
+            self._create_parents(connection, user_id, name)
+            return self._create(connection, user_id, name, special_use)
+
+        return self._db.write(create)
+
+    def rename_mailbox(self, user_id, old, new):
+        def rename(connection):
+            nonlocal old, new
+            old, new = normalize_mailbox_name(old), normalize_mailbox_name(new)
+            if new == INBOX:
+                raise InvalidName("cannot rename a mailbox to INBOX")
+            if old != INBOX and (new + DELIMITER).startswith(old + DELIMITER):
+                raise InvalidName("cannot rename a mailbox into itself")
+            source = self._find(connection, user_id, old)
+            if source is None:
+                raise NotFound(f"no such mailbox: {old}")
+            if self._find(connection, user_id, new):
+                raise AlreadyExists(f"mailbox {new} exists already")
+            self._create_parents(connection, user_id, new)
+            if old == INBOX:
+                target = self._create(connection, user_id, new, None)
+                uids = [row[0] for row in connection.execute(
+                    "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (source.id,)
+                )]
+                self._copy(connection, source.id, uids, target.id)
+                self._expunge(connection, source.id, uids)
+                return self._find(connection, user_id, new)
+            prefix = old + DELIMITER
+            children = connection.execute(
+                "SELECT id, name FROM mailboxes WHERE user_id = ? AND substr(name, 1, ?) = ?",
+                (user_id, len(prefix), prefix),
+            ).fetchall()
+            connection.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (new, source.id))
+            for child_id, child_name in children:
+                connection.execute(
+                    "UPDATE mailboxes SET name = ? WHERE id = ?",
+                    (new + DELIMITER + child_name[len(prefix):], child_id),
+                )
+            return self._find(connection, user_id, new)
+
+        return self._db.write(rename)
+
+    def delete_mailbox(self, user_id, name):
+        def delete(connection):
+            nonlocal name
+            name = normalize_mailbox_name(name)
+            if name == INBOX:
+                raise InvalidName("INBOX cannot be deleted")
+            if self._find(connection, user_id, name) is None:
+                raise NotFound(f"no such mailbox: {name}")
+            prefix = name + DELIMITER
+            connection.execute(
+                "DELETE FROM mailboxes WHERE user_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
+                (user_id, name, len(prefix), prefix),
+            )
+
+        return self._db.write(delete)
+
+    def set_subscribed(self, user_id, name, subscribed):
+        def update(connection):
+            nonlocal name
+            name = normalize_mailbox_name(name)
+            cursor = connection.execute(
+                "UPDATE mailboxes SET subscribed = ? WHERE user_id = ? AND name = ?",
+                (int(bool(subscribed)), user_id, name),
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"no such mailbox: {name}")
+
+        return self._db.write(update)
+
+    @staticmethod
+    def _find(connection, user_id, name) -> Mailbox | None:
+        return _mailbox(connection.execute(
+            f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE user_id = ? AND name = ?", (user_id, name)
+        ).fetchone())
+
+    def _create(self, connection, user_id, name, special_use) -> Mailbox:
+        # UIDVALIDITY grows for every mailbox a user ever had, so a deleted
+        # and re-created name never reuses a (UIDVALIDITY, UID) pair.
+        row = connection.execute(
+            "SELECT last_uidvalidity FROM mail_users WHERE user_id = ?", (user_id,)
+        ).fetchone()
+        uidvalidity = max(int(self._now()) & 0x7FFFFFFF, (row[0] if row else 0) + 1)
+        if row:
+            connection.execute(
+                "UPDATE mail_users SET last_uidvalidity = ? WHERE user_id = ?", (uidvalidity, user_id)
+            )
+        else:
+            connection.execute(
+                "INSERT INTO mail_users (user_id, last_uidvalidity) VALUES (?, ?)", (user_id, uidvalidity)
+            )
+        connection.execute(
+            "INSERT INTO mailboxes (user_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
+            (user_id, name, special_use, uidvalidity),
+        )
+        return self._find(connection, user_id, name)
+
+    def _create_parents(self, connection, user_id, name):
+        parts = name.split(DELIMITER)
+        for depth in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:depth])
+            if not self._find(connection, user_id, parent):
+                self._create(connection, user_id, parent, None)
+
+    # Messages
+
+    def append(self, mailbox_id, content, flags=(), internal_date=None):
+        records = self.deliver([(mailbox_id, flags)], content, internal_date)
+        return records.addCallback(lambda result: result[0])
+
+    def deliver(self, deliveries, content, internal_date=None):
+        when = int(self._now()) if internal_date is None else int(internal_date)
+
+        def deliver(connection):
+            flag_bits = [(mailbox_id, split_flags(flags)) for mailbox_id, flags in deliveries]
+            content_id = connection.execute(
+                "INSERT INTO contents (blob_key, size, parsed, created) VALUES (?, ?, ?, ?) RETURNING id",
+                (content.blob_key, content.size, json.dumps(content.parsed), int(self._now())),
+            ).fetchone()[0]
+            records = []
+            for mailbox_id, (bits, keywords) in flag_bits:
+                uid, modseq = self._allocate(connection, mailbox_id, 1)
+                connection.execute(
+                    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (mailbox_id, uid, modseq, bits, " ".join(keywords), when, content.size, content_id),
+                )
+                records.append(MessageRecord(
+                    mailbox_id, uid, modseq, _flag_set(bits, " ".join(keywords)), when,
+                    content.size, content_id,
+                ))
+            return records
+
+        return self._db.write(deliver)
+
+    @staticmethod
+    def _allocate(connection, mailbox_id, count) -> tuple[int, int]:
+        """Reserve `count` UIDs and one MODSEQ; returns (first UID, MODSEQ)."""
+        row = connection.execute(
+            "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1"
+            " WHERE id = ? RETURNING uidnext - ?, highestmodseq",
+            (count, mailbox_id, count),
+        ).fetchone()
+        if row is None:
+            raise NotFound("no such mailbox")
+        return row[0], row[1]
+
+    def list_messages(self, mailbox_id, uids=None):
+        def query(connection):
+            sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ?"
+            if uids is None:
+                return [_record(row) for row in connection.execute(sql + " ORDER BY uid", (mailbox_id,))]
+            records = []
+            for chunk in _chunks(sorted(set(uids))):
+                records.extend(_record(row) for row in connection.execute(
+                    f"{sql} AND uid IN ({_placeholders(chunk)}) ORDER BY uid", (mailbox_id, *chunk)
+                ))
+            return records
+
+        return self._db.read(query)
+
+    def get_content(self, content_id):
+        def query(connection):
+            row = connection.execute(
+                "SELECT id, blob_key, size, parsed FROM contents WHERE id = ?", (content_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return Content(id=row[0], blob_key=row[1], size=row[2], parsed=json.loads(row[3]))
+
+        return self._db.read(query)
+
+    def store_flags(self, mailbox_id, uids, flags, mode, unchanged_since=None):
+        if mode not in ("add", "remove", "replace"):
+            raise ValueError(f"unknown flag mode {mode!r}")
+
+        def store(connection):
+            bits, keywords = split_flags(flags)
+            changed, refused, updates = [], [], []
+            for record in self._select(connection, mailbox_id, uids):
+                if unchanged_since is not None and record.modseq > unchanged_since:
+                    refused.append(record.uid)
+                    continue
+                new = _apply_flags(record.flags, bits, keywords, mode)
+                if new != record.flags:
+                    updates.append((record, new))
+            if updates:
+                _, modseq = self._allocate(connection, mailbox_id, 0)
+                for record, new in updates:
+                    new_bits, new_keywords = split_flags(new)
+                    connection.execute(
+                        "UPDATE messages SET flags = ?, keywords = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                        (new_bits, " ".join(new_keywords), modseq, mailbox_id, record.uid),
+                    )
+                    changed.append(MessageRecord(
+                        record.mailbox_id, record.uid, modseq, new, record.internal_date,
+                        record.size, record.content_id,
+                    ))
+            return changed, refused
+
+        return self._db.write(store)
+
+    def copy(self, mailbox_id, uids, target_id):
+        def copy(connection):
+            return self._copy(connection, mailbox_id, uids, target_id)
+
+        return self._db.write(copy)
+
+    def move(self, mailbox_id, uids, target_id):
+        def move(connection):
+            mapping = self._copy(connection, mailbox_id, uids, target_id)
+            self._expunge(connection, mailbox_id, list(mapping))
+            return mapping
+
+        return self._db.write(move)
+
+    def _copy(self, connection, mailbox_id, uids, target_id) -> dict[int, int]:
+        records = self._select(connection, mailbox_id, uids)
+        if not records:
+            return {}
+        first, modseq = self._allocate(connection, target_id, len(records))
+        mapping = {}
+        for offset, record in enumerate(records):
+            bits, keywords = split_flags(record.flags)
+            connection.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (target_id, first + offset, modseq, bits, " ".join(keywords),
+                 record.internal_date, record.size, record.content_id),
+            )
+            mapping[record.uid] = first + offset
+        return mapping
+
+    def expunge(self, mailbox_id, uids=None):
+        def expunge(connection):
+            sql = "SELECT uid FROM messages WHERE mailbox_id = ? AND flags & ? != 0"
+            doomed = [row[0] for row in connection.execute(sql + " ORDER BY uid", (mailbox_id, _DELETED))]
+            if uids is not None:
+                wanted = set(uids)
+                doomed = [uid for uid in doomed if uid in wanted]
+            self._expunge(connection, mailbox_id, doomed)
+            return doomed
+
+        return self._db.write(expunge)
+
+    def _expunge(self, connection, mailbox_id, uids):
+        if not uids:
+            return
+        _, modseq = self._allocate(connection, mailbox_id, 0)
+        for chunk in _chunks(uids):
+            connection.execute(
+                f"DELETE FROM messages WHERE mailbox_id = ? AND uid IN ({_placeholders(chunk)})",
+                (mailbox_id, *chunk),
+            )
+        connection.executemany(
+            "INSERT INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+            [(mailbox_id, uid, modseq) for uid in uids],
+        )
+
+    def expunged_since(self, mailbox_id, modseq):
+        def query(connection):
+            return [row[0] for row in connection.execute(
+                "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                (mailbox_id, modseq),
+            )]
+
+        return self._db.read(query)
+
+    @staticmethod
+    def _select(connection, mailbox_id, uids) -> list[MessageRecord]:
+        records = []
+        for chunk in _chunks(sorted(set(uids))):
+            records.extend(_record(row) for row in connection.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ?"
+                f" AND uid IN ({_placeholders(chunk)}) ORDER BY uid",
+                (mailbox_id, *chunk),
+            ))
+        return records
+
+    # Garbage
+
+    @defer.inlineCallbacks
+    def collect_garbage(self, blobs, grace):
+        def drop_unreferenced(connection):
+            rows = connection.execute(
+                "DELETE FROM contents WHERE NOT EXISTS"
+                " (SELECT 1 FROM messages m WHERE m.content_id = contents.id) RETURNING blob_key"
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        doomed = yield self._db.write(drop_unreferenced)
+        candidates = yield blobs.keys_older_than(self._now() - grace)
+
+        def unreferenced(connection):
+            found = []
+            for chunk in _chunks(candidates):
+                known = {row[0] for row in connection.execute(
+                    f"SELECT blob_key FROM contents WHERE blob_key IN ({_placeholders(chunk)})", chunk
+                )}
+                found.extend(key for key in chunk if key not in known)
+            return found
+
+        orphans = yield self._db.read(unreferenced)
+        removed = set(doomed) | set(orphans)
+        for key in removed:
+            yield blobs.delete(key)
+        return len(removed)
+
+
+def _apply_flags(current: frozenset[str], bits: int, keywords: list[str], mode: str) -> frozenset[str]:
+    given = {name for bit, name in _FLAG_NAMES.items() if bits & bit} | set(keywords)
+    if mode == "replace":
+        return frozenset(given)
+    lowered = {flag.lower() for flag in given}
+    if mode == "add":
+        present = {flag.lower() for flag in current}
+        return current | {flag for flag in given if flag.lower() not in present}
+    return frozenset(flag for flag in current if flag.lower() not in lowered)

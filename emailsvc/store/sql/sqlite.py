@@ -1,0 +1,168 @@
+"""SQLite engine: WAL, one writer thread with group commit, a reader pool.
+
+Write jobs queue to a single writer thread.  Each job runs in its own
+SAVEPOINT, and every job that queued while the previous COMMIT was being
+synced joins the next transaction, so N concurrent deliveries cost one
+fsync rather than N.  A failing job rolls back only its own savepoint.
+"""
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from emailsvc.store.sql.deltas import apply_deltas
+
+_STOP = object()
+_MAX_BATCH = 512
+
+
+class SQLiteDatabase:
+    """Runs functions of a `sqlite3.Connection` in threads; returns Deferreds."""
+
+    log = Logger()
+    dialect = "sqlite"
+
+    def __init__(self, path: str, reactor, readers: int = 4):
+        self.path = path
+        self._reactor = reactor
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._pool = ThreadPool(minthreads=0, maxthreads=readers, name="sqlite-read")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("PRAGMA busy_timeout=10000")
+        with self._lock:
+            self._connections.append(connection)
+        return connection
+
+    def start(self) -> defer.Deferred:
+        """Open the database and apply pending schema deltas. @return: Deferred."""
+        ready = defer.Deferred()
+
+        def run():
+            try:
+                connection = self._connect()
+                apply_deltas(connection, self.dialect)
+            except BaseException:
+                failure = Failure()
+                self._reactor.callFromThread(ready.errback, failure)
+                return
+            self._reactor.callFromThread(ready.callback, None)
+            self._write_loop(connection)
+
+        self._pool.start()
+        self._writer = threading.Thread(target=run, name="sqlite-write", daemon=True)
+        self._writer.start()
+        return ready
+
+    def stop(self) -> defer.Deferred:
+        """Finish queued writes, then close every connection. @return: Deferred."""
+        if self._writer is None:
+            return defer.succeed(None)
+        writer, self._writer = self._writer, None
+
+        def finish():
+            self._jobs.put(_STOP)
+            writer.join()
+            self._pool.stop()
+            with self._lock:
+                for connection in self._connections:
+                    connection.close()
+                self._connections.clear()
+
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), finish)
+
+    def read(self, function, *args) -> defer.Deferred:
+        """Run `function(connection, *args)` in a reader thread. @return: Deferred."""
+
+        def run():
+            connection = getattr(self._local, "connection", None)
+            if connection is None:
+                connection = self._local.connection = self._connect()
+            connection.execute("BEGIN")
+            try:
+                return function(connection, *args)
+            finally:
+                connection.execute("COMMIT")
+
+        return deferToThreadPool(self._reactor, self._pool, run)
+
+    def run_in_thread(self, function, *args) -> defer.Deferred:
+        """Run CPU-bound `function(*args)` (password hashing) off the reactor."""
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
+
+    def write(self, function, *args) -> defer.Deferred:
+        """Run `function(connection, *args)` in a committed transaction.
+
+        @return: Deferred firing with its result after COMMIT.
+        """
+        done = defer.Deferred()
+        self._jobs.put((function, args, done))
+        return done
+
+    def _write_loop(self, connection: sqlite3.Connection):
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                return
+            batch = [job]
+            stop_after = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stop_after = True
+                    break
+                batch.append(more)
+            self._run_batch(connection, batch)
+            if stop_after:
+                return
+
+    def _run_batch(self, connection, batch):
+        outcomes = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for function, args, done in batch:
+                connection.execute("SAVEPOINT job")
+                try:
+                    result = function(connection, *args)
+                except BaseException:
+                    connection.execute("ROLLBACK TO job")
+                    connection.execute("RELEASE job")
+                    outcomes.append((done, Failure()))
+                else:
+                    connection.execute("RELEASE job")
+                    outcomes.append((done, result))
+            connection.execute("COMMIT")
+        except BaseException:
+            failure = Failure()
+            self.log.failure("SQLite transaction failed", failure)
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            outcomes = [(done, failure) for _, _, done in batch]
+        for done, outcome in outcomes:
+            self._reactor.callFromThread(_fire, done, outcome)
+
+
+def _fire(done: defer.Deferred, outcome):
+    if isinstance(outcome, Failure):
+        done.errback(outcome)
+    else:
+        done.callback(outcome)
+

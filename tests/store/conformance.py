@@ -1,0 +1,324 @@
+"""The store conformance suite: every metadata and blob backend runs it.
+
+A backend's test case mixes `StoreConformance` into a trial TestCase and
+implements `make_store()`, returning a started (metadata backend, blob
+store) pair on fresh, empty storage.
+"""
+from twisted.internet import defer
+from zope.interface.verify import verifyObject
+
+from emailsvc.errors import AlreadyExists, BlobNotFound, InvalidName, NotEmpty, NotFound
+from emailsvc.interfaces import IBlobStore, IDirectory, IMailStore, IMetadataBackend
+from emailsvc.store.model import Content
+
+USER = 7
+OTHER_USER = 8
+
+
+class StoreConformance:
+    """Tests of IDirectory, IMailStore and IBlobStore through their interfaces."""
+
+    def make_store(self):
+        raise NotImplementedError
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.metadata, self.blobs = yield self.make_store()
+        self.directory = self.metadata.directory
+        self.mail = self.metadata.mail
+
+    @defer.inlineCallbacks
+    def message(self, text=b"Subject: hi\r\n\r\nbody\r\n"):
+        key = yield self.blobs.put(text)
+        return Content(blob_key=key, size=len(text), parsed={"subject": "hi"})
+
+    @defer.inlineCallbacks
+    def mailbox(self, name, user=USER):
+        box = yield self.mail.get_mailbox(user, name)
+        if box is None:
+            box = yield self.mail.create_mailbox(user, name)
+        return box
+
+    @defer.inlineCallbacks
+    def append(self, box, flags=(), count=1):
+        records = []
+        for _ in range(count):
+            content = yield self.message()
+            records.append((yield self.mail.append(box.id, content, flags)))
+        return records
+
+    def test_interfaces(self):
+        self.assertTrue(verifyObject(IMetadataBackend, self.metadata))
+        self.assertTrue(verifyObject(IDirectory, self.directory))
+        self.assertTrue(verifyObject(IMailStore, self.mail))
+        self.assertTrue(verifyObject(IBlobStore, self.blobs))
+
+    # Directory
+
+    @defer.inlineCallbacks
+    def test_domains(self):
+        name = yield self.directory.add_domain("Example.TEST")
+        self.assertEqual(name, "example.test")
+        yield self.directory.add_domain("bücher.example")
+        yield self.assertFailure(self.directory.add_domain("example.test"), AlreadyExists)
+        self.assertEqual((yield self.directory.list_domains()), ["bücher.example", "example.test"])
+        yield self.directory.remove_domain("xn--bcher-kva.example")
+        self.assertEqual((yield self.directory.list_domains()), ["example.test"])
+        yield self.assertFailure(self.directory.remove_domain("nope.test"), NotFound)
+
+    @defer.inlineCallbacks
+    def test_users(self):
+        yield self.directory.add_domain("example.test")
+        user = yield self.directory.add_user("Alice@Example.test", "secret one")
+        self.assertEqual(user.address, "alice@example.test")
+        yield self.assertFailure(self.directory.add_user("alice@example.test", "x"), AlreadyExists)
+        yield self.assertFailure(self.directory.add_user("bob@unknown.test", "x"), NotFound)
+        yield self.assertFailure(self.directory.add_user("not an address", "x"), InvalidName)
+        self.assertEqual((yield self.directory.authenticate("ALICE@example.test", "secret one")), user)
+        self.assertIsNone((yield self.directory.authenticate("alice@example.test", "wrong")))
+        self.assertIsNone((yield self.directory.authenticate("nobody@example.test", "secret one")))
+        yield self.directory.set_password("alice@example.test", "secret two")
+        self.assertIsNone((yield self.directory.authenticate("alice@example.test", "secret one")))
+        self.assertEqual((yield self.directory.authenticate("alice@example.test", "secret two")), user)
+        yield self.directory.set_quota("alice@example.test", 1000)
+        self.assertEqual((yield self.directory.get_user("alice@example.test")).quota, 1000)
+        self.assertEqual((yield self.directory.get_user_by_id(user.id)).address, user.address)
+        yield self.assertFailure(self.directory.remove_domain("example.test"), NotEmpty)
+        removed = yield self.directory.remove_user("alice@example.test")
+        self.assertEqual(removed.id, user.id)
+        self.assertEqual((yield self.directory.list_users()), [])
+        self.assertIsNone((yield self.directory.get_user("alice@example.test")))
+
+    @defer.inlineCallbacks
+    def test_aliases_and_catch_all(self):
+        yield self.directory.add_domain("example.test")
+        alice = yield self.directory.add_user("alice@example.test", "pw")
+        bob = yield self.directory.add_user("bob@example.test", "pw")
+        yield self.directory.add_alias("team@example.test", "alice@example.test")
+        yield self.directory.add_alias("team@example.test", "bob@example.test")
+        yield self.directory.add_alias("list@example.test", "team@example.test")
+        yield self.assertFailure(self.directory.add_alias("alice@example.test", "bob@example.test"), AlreadyExists)
+        team = yield self.directory.resolve("Team@example.test")
+        self.assertEqual({u.id for u in team.users}, {alice.id, bob.id})
+        nested = yield self.directory.resolve("list@example.test")
+        self.assertEqual({u.id for u in nested.users}, {alice.id, bob.id})
+        unknown = yield self.directory.resolve("carol@example.test")
+        self.assertEqual((unknown.users, unknown.local_domain), ((), True))
+        foreign = yield self.directory.resolve("carol@elsewhere.test")
+        self.assertFalse(foreign.local_domain)
+        yield self.directory.add_alias("@example.test", "bob@example.test")
+        caught = yield self.directory.resolve("carol@example.test")
+        self.assertEqual([u.id for u in caught.users], [bob.id])
+        direct = yield self.directory.resolve("alice@example.test")
+        self.assertEqual([u.id for u in direct.users], [alice.id])
+        aliases = yield self.directory.list_aliases("example.test")
+        self.assertEqual(len(aliases), 4)
+        yield self.directory.remove_alias("team@example.test", "bob@example.test")
+        team = yield self.directory.resolve("team@example.test")
+        self.assertEqual([u.id for u in team.users], [alice.id])
+        yield self.directory.remove_alias("@example.test")
+        yield self.assertFailure(self.directory.remove_alias("@example.test"), NotFound)
+
+    @defer.inlineCallbacks
+    def test_alias_loop_terminates(self):
+        yield self.directory.add_domain("example.test")
+        yield self.directory.add_alias("a@example.test", "b@example.test")
+        yield self.directory.add_alias("b@example.test", "a@example.test")
+        resolution = yield self.directory.resolve("a@example.test")
+        self.assertEqual(resolution.users, ())
+
+    # Mailboxes
+
+    @defer.inlineCallbacks
+    def test_provision_creates_special_use(self):
+        yield self.mail.provision_user(USER)
+        yield self.mail.provision_user(USER)
+        boxes = yield self.mail.list_mailboxes(USER)
+        self.assertEqual(
+            {(b.name, b.special_use) for b in boxes},
+            {("INBOX", None), ("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Junk", "\\Junk"),
+             ("Trash", "\\Trash"), ("Archive", "\\Archive")},
+        )
+        junk = yield self.mail.get_special_mailbox(USER, "\\Junk")
+        self.assertEqual(junk.name, "Junk")
+        self.assertEqual((yield self.mail.list_mailboxes(OTHER_USER)), [])
+
+    @defer.inlineCallbacks
+    def test_create_with_parents_and_uidvalidity(self):
+        box = yield self.mail.create_mailbox(USER, "a/b/c")
+        names = [b.name for b in (yield self.mail.list_mailboxes(USER))]
+        self.assertEqual(names, ["a", "a/b", "a/b/c"])
+        self.assertEqual((box.uidnext, box.messages), (1, 0))
+        yield self.assertFailure(self.mail.create_mailbox(USER, "a/b"), AlreadyExists)
+        self.assertIsNone((yield self.mail.get_mailbox(OTHER_USER, "a")))
+        yield self.mail.delete_mailbox(USER, "a/b/c")
+        again = yield self.mail.create_mailbox(USER, "a/b/c")
+        self.assertGreater(again.uidvalidity, box.uidvalidity)
+
+    @defer.inlineCallbacks
+    def test_invalid_names(self):
+        for name in ["", "a//b", "/a", "a/", "a*", "a%", "x\x00", " a", "a" * 600]:
+            yield self.assertFailure(self.mail.create_mailbox(USER, name), InvalidName)
+
+    @defer.inlineCallbacks
+    def test_inbox_is_case_insensitive(self):
+        yield self.mail.provision_user(USER)
+        box = yield self.mail.get_mailbox(USER, "inbox")
+        self.assertEqual(box.name, "INBOX")
+        yield self.assertFailure(self.mail.create_mailbox(USER, "Inbox"), AlreadyExists)
+        yield self.assertFailure(self.mail.delete_mailbox(USER, "InBox"), InvalidName)
+
+    @defer.inlineCallbacks
+    def test_rename_with_children(self):
+        yield self.mail.create_mailbox(USER, "work/2025/q1")
+        yield self.mail.create_mailbox(USER, "workshop")
+        work = yield self.mail.get_mailbox(USER, "work")
+        yield self.append(work)
+        renamed = yield self.mail.rename_mailbox(USER, "work", "archive/old")
+        self.assertEqual((renamed.id, renamed.uidvalidity, renamed.messages), (work.id, work.uidvalidity, 1))
+        names = [b.name for b in (yield self.mail.list_mailboxes(USER))]
+        self.assertEqual(names, ["archive", "archive/old", "archive/old/2025", "archive/old/2025/q1", "workshop"])
+        yield self.assertFailure(self.mail.rename_mailbox(USER, "nope", "x"), NotFound)
+        yield self.assertFailure(self.mail.rename_mailbox(USER, "workshop", "archive"), AlreadyExists)
+        yield self.assertFailure(self.mail.rename_mailbox(USER, "archive", "archive/inside"), InvalidName)
+
+    @defer.inlineCallbacks
+    def test_rename_inbox_moves_messages(self):
+        yield self.mail.provision_user(USER)
+        inbox = yield self.mail.get_mailbox(USER, "INBOX")
+        yield self.append(inbox, count=3)
+        old = yield self.mail.rename_mailbox(USER, "INBOX", "Old mail")
+        self.assertEqual(old.messages, 3)
+        inbox = yield self.mail.get_mailbox(USER, "INBOX")
+        self.assertEqual((inbox.messages, inbox.uidnext), (0, 4))
+
+    @defer.inlineCallbacks
+    def test_delete_with_children(self):
+        yield self.mail.create_mailbox(USER, "p/c1")
+        yield self.mail.create_mailbox(USER, "p/c2/g")
+        yield self.mail.create_mailbox(USER, "pp")
+        yield self.append((yield self.mail.get_mailbox(USER, "p/c1")))
+        yield self.mail.delete_mailbox(USER, "p")
+        self.assertEqual([b.name for b in (yield self.mail.list_mailboxes(USER))], ["pp"])
+        yield self.assertFailure(self.mail.delete_mailbox(USER, "p"), NotFound)
+
+    @defer.inlineCallbacks
+    def test_subscriptions(self):
+        yield self.mail.create_mailbox(USER, "news")
+        yield self.mail.set_subscribed(USER, "news", False)
+        self.assertFalse((yield self.mail.get_mailbox(USER, "news")).subscribed)
+        yield self.assertFailure(self.mail.set_subscribed(USER, "none", True), NotFound)
+
+    # Messages
+
+    @defer.inlineCallbacks
+    def test_append_allocates_uid_and_modseq(self):
+        box = yield self.mailbox("INBOX")
+        first, second = yield self.append(box, flags=["\\Seen", "$Label"], count=2)
+        self.assertEqual((first.uid, second.uid), (1, 2))
+        self.assertGreater(second.modseq, first.modseq)
+        self.assertEqual(first.flags, frozenset({"\\Seen", "$Label"}))
+        box = yield self.mail.get_mailbox(USER, "INBOX")
+        self.assertEqual((box.uidnext, box.messages, box.unseen), (3, 2, 0))
+        self.assertEqual(box.highestmodseq, second.modseq)
+        content = yield self.mail.get_content(first.content_id)
+        self.assertEqual(content.parsed, {"subject": "hi"})
+        self.assertEqual((yield self.blobs.get(content.blob_key)), b"Subject: hi\r\n\r\nbody\r\n")
+        self.assertEqual((yield self.blobs.get(content.blob_key, 9, 2)), b"hi")
+
+    @defer.inlineCallbacks
+    def test_uids_never_reused(self):
+        box = yield self.mailbox("INBOX")
+        records = yield self.append(box, flags=["\\Deleted"], count=3)
+        yield self.mail.expunge(box.id)
+        (fresh,) = yield self.append(box)
+        self.assertEqual(fresh.uid, records[-1].uid + 1)
+
+    @defer.inlineCallbacks
+    def test_deliver_shares_one_content(self):
+        a = yield self.mailbox("INBOX")
+        b = yield self.mailbox("INBOX", OTHER_USER)
+        content = yield self.message()
+        records = yield self.mail.deliver([(a.id, ()), (b.id, ["\\Flagged"])], content)
+        self.assertEqual([r.uid for r in records], [1, 1])
+        self.assertEqual(records[0].content_id, records[1].content_id)
+        self.assertEqual(records[1].flags, frozenset({"\\Flagged"}))
+
+    @defer.inlineCallbacks
+    def test_failed_delivery_is_atomic(self):
+        box = yield self.mailbox("INBOX")
+        content = yield self.message()
+        yield self.assertFailure(self.mail.deliver([(box.id, ()), (999999, ())], content), NotFound)
+        self.assertEqual((yield self.mail.list_messages(box.id)), [])
+        self.assertEqual((yield self.mail.get_mailbox(USER, "INBOX")).uidnext, 1)
+
+    @defer.inlineCallbacks
+    def test_flags(self):
+        box = yield self.mailbox("INBOX")
+        records = yield self.append(box, count=3)
+        changed, refused = yield self.mail.store_flags(box.id, [1, 2], ["\\Seen", "Work"], "add")
+        self.assertEqual(([r.uid for r in changed], refused), ([1, 2], []))
+        self.assertEqual(changed[0].flags, frozenset({"\\Seen", "Work"}))
+        changed, _ = yield self.mail.store_flags(box.id, [1, 2], ["\\SEEN", "work"], "add")
+        self.assertEqual(changed, [])
+        changed, _ = yield self.mail.store_flags(box.id, [1], ["work"], "remove")
+        self.assertEqual(changed[0].flags, frozenset({"\\Seen"}))
+        changed, _ = yield self.mail.store_flags(box.id, [3], ["\\Flagged"], "replace")
+        self.assertEqual(changed[0].flags, frozenset({"\\Flagged"}))
+        changed, refused = yield self.mail.store_flags(box.id, [2, 3], ["\\Draft"], "add", unchanged_since=records[1].modseq)
+        self.assertEqual((changed, refused), ([], [2, 3]))
+        yield self.assertFailure(self.mail.store_flags(box.id, [1], ["\\Bogus"], "add"), InvalidName)
+        yield self.assertFailure(self.mail.store_flags(box.id, [1], ["bad flag"], "add"), InvalidName)
+        listed = yield self.mail.list_messages(box.id, [1, 3, 77])
+        self.assertEqual([(r.uid, r.flags) for r in listed], [(1, frozenset({"\\Seen"})), (3, frozenset({"\\Flagged"}))])
+
+    @defer.inlineCallbacks
+    def test_copy_and_move(self):
+        source = yield self.mailbox("INBOX")
+        target = yield self.mailbox("Archive")
+        yield self.append(source, flags=["\\Seen"], count=3)
+        mapping = yield self.mail.copy(source.id, [1, 3, 42], target.id)
+        self.assertEqual(mapping, {1: 1, 3: 2})
+        copied = yield self.mail.list_messages(target.id)
+        self.assertEqual([r.flags for r in copied], [frozenset({"\\Seen"})] * 2)
+        before = (yield self.mail.get_mailbox(USER, "INBOX")).highestmodseq
+        mapping = yield self.mail.move(source.id, [2], target.id)
+        self.assertEqual(mapping, {2: 3})
+        self.assertEqual([r.uid for r in (yield self.mail.list_messages(source.id))], [1, 3])
+        self.assertEqual((yield self.mail.expunged_since(source.id, before)), [2])
+
+    @defer.inlineCallbacks
+    def test_expunge(self):
+        box = yield self.mailbox("INBOX")
+        yield self.append(box, count=4)
+        yield self.mail.store_flags(box.id, [1, 2, 4], ["\\Deleted"], "add")
+        before = (yield self.mail.get_mailbox(USER, "INBOX")).highestmodseq
+        self.assertEqual((yield self.mail.expunge(box.id, [2, 3, 4])), [2, 4])
+        self.assertEqual((yield self.mail.expunge(box.id)), [1])
+        self.assertEqual([r.uid for r in (yield self.mail.list_messages(box.id))], [3])
+        self.assertEqual((yield self.mail.expunged_since(box.id, before)), [1, 2, 4])
+        self.assertEqual((yield self.mail.expunged_since(box.id, 10 ** 9)), [])
+
+    # Garbage
+
+    @defer.inlineCallbacks
+    def test_garbage_collection(self):
+        box = yield self.mailbox("INBOX")
+        kept, dropped = yield self.append(box, count=2)
+        kept_key = (yield self.mail.get_content(kept.content_id)).blob_key
+        dropped_key = (yield self.mail.get_content(dropped.content_id)).blob_key
+        orphan = yield self.blobs.put(b"written, then the process died before the SQL commit")
+        yield self.mail.store_flags(box.id, [dropped.uid], ["\\Deleted"], "add")
+        yield self.mail.expunge(box.id)
+        removed = yield self.mail.collect_garbage(self.blobs, grace=-60)
+        self.assertEqual(removed, 2)
+        self.assertEqual((yield self.blobs.get(kept_key)), b"Subject: hi\r\n\r\nbody\r\n")
+        for key in (orphan, dropped_key):
+            yield self.assertFailure(self.blobs.get(key), BlobNotFound)
+        self.assertEqual((yield self.mail.collect_garbage(self.blobs, grace=3600)), 0)
+
+    @defer.inlineCallbacks
+    def test_grace_protects_fresh_blobs(self):
+        fresh = yield self.blobs.put(b"a delivery in progress")
+        self.assertEqual((yield self.mail.collect_garbage(self.blobs, grace=3600)), 0)
+        self.assertEqual((yield self.blobs.get(fresh)), b"a delivery in progress")

@@ -1,0 +1,64 @@
+"""The SQLite engine: group commit, per-job isolation, schema deltas."""
+import os
+import sqlite3
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from emailsvc.store.sql.deltas import _statements, deltas
+from emailsvc.store.sql.sqlite import SQLiteDatabase
+
+
+class EngineTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.path = os.path.join(self.mktemp(), "db.sqlite3")
+        os.makedirs(os.path.dirname(self.path))
+        self.db = SQLiteDatabase(self.path, reactor)
+        yield self.db.start()
+        self.addCleanup(lambda: self.db.stop())
+        yield self.db.write(lambda c: c.execute("CREATE TABLE t (v INTEGER UNIQUE)"))
+
+    @defer.inlineCallbacks
+    def test_concurrent_writes_share_commits(self):
+        commits = []
+        yield self.db.write(lambda c: c.set_trace_callback(
+            lambda sql: commits.append(sql) if sql == "COMMIT" else None))
+        before = len(commits)
+        results = yield defer.gatherResults(
+            [self.db.write(lambda c, v=v: c.execute("INSERT INTO t VALUES (?)", (v,)).rowcount)
+             for v in range(200)])
+        self.assertEqual(results, [1] * 200)
+        self.assertLess(len(commits) - before, 200)
+        count = yield self.db.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0])
+        self.assertEqual(count, 200)
+
+    @defer.inlineCallbacks
+    def test_failing_job_rolls_back_alone(self):
+        def insert_then_fail(connection):
+            connection.execute("INSERT INTO t VALUES (1)")
+            raise ValueError("boom")
+
+        good = self.db.write(lambda c: c.execute("INSERT INTO t VALUES (2)"))
+        bad = self.db.write(insert_then_fail)
+        duplicate = self.db.write(lambda c: c.execute("INSERT INTO t VALUES (2)"))
+        yield good
+        yield self.assertFailure(bad, ValueError)
+        yield self.assertFailure(duplicate, sqlite3.IntegrityError)
+        values = yield self.db.read(lambda c: [r[0] for r in c.execute("SELECT v FROM t")])
+        self.assertEqual(values, [2])
+
+    @defer.inlineCallbacks
+    def test_deltas_applied_once_and_recorded(self):
+        recorded = yield self.db.read(
+            lambda c: [r[0] for r in c.execute("SELECT number FROM schema_deltas ORDER BY number")])
+        self.assertEqual(recorded, [number for number, _, _ in deltas("sqlite")])
+        yield self.db.stop()
+        self.db = SQLiteDatabase(self.path, reactor)
+        yield self.db.start()
+        again = yield self.db.read(lambda c: c.execute("SELECT count(*) FROM schema_deltas").fetchone()[0])
+        self.assertEqual(again, len(recorded))
+
+    def test_statement_splitting(self):
+        sql = "-- comment\nCREATE TABLE a (\n x INT\n);\nCREATE INDEX i ON a (x);\n"
+        self.assertEqual(_statements(sql), ["CREATE TABLE a (\n x INT\n);", "CREATE INDEX i ON a (x);"])

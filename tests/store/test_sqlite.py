@@ -1,0 +1,27 @@
+"""The embedded backend (SQLite + files) against the conformance suite."""
+import os
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from emailsvc.store.fsblobs import FilesystemBlobStore
+from emailsvc.store.sql.backend import SQLiteBackend
+from tests.store.conformance import StoreConformance
+
+
+@defer.inlineCallbacks
+def open_embedded(testcase):
+    """A started SQLite backend and blob store in a fresh directory."""
+    root = testcase.mktemp()
+    os.makedirs(root)
+    metadata = SQLiteBackend(os.path.join(root, "meta.sqlite3"), reactor)
+    blobs = FilesystemBlobStore(os.path.join(root, "blobs"), reactor)
+    yield metadata.start()
+    testcase.addCleanup(metadata.stop)
+    yield blobs.start()
+    return metadata, blobs
+
+
+class EmbeddedConformanceTests(StoreConformance, unittest.TestCase):
+    def make_store(self):
+        return open_embedded(self)
