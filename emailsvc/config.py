@@ -98,7 +98,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    protocol: Literal["https", "metrics"] = "https"
+    protocol: Literal["smtp", "https", "metrics"] = "smtp"
     address: str = "127.0.0.1"
     port: int = field(default=0, metadata=_range(0, 65535))
     tls: Literal["none", "starttls", "implicit"] = "none"

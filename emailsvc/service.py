@@ -204,20 +204,40 @@ class EmailService(MultiService):
         log.info("emailsvc stopped")
 
 
-def _https(context):
+def _smtp(context, listener):
+    from emailsvc.delivery.mda import MDA
+    from emailsvc.smtp.server import SMTPServerFactory
+    from emailsvc.smtp.session import MXSession
+
+    directory = context.store.metadata.directory
+    mda = MDA(context.store.metadata.mail, context.store.blobs, context.reactor)
+    hostname = context.config.server.hostname
+
+    def session():
+        return MXSession(directory=directory, mda=mda, hostname=hostname,
+                         clock=context.reactor, inflight=context.inflight)
+
+    return SMTPServerFactory(
+        session, hostname, context.config.smtp,
+        tls_context=context.tls_context if listener.tls == "starttls" else None,
+        implicit_tls=listener.tls == "implicit", clock=context.reactor,
+    )
+
+
+def _https(context, listener):
     from emailsvc.web.health import web_site
 
     return web_site(context.reactor)
 
 
-def _metrics(context):
+def _metrics(context, listener):
     from emailsvc.web.metrics import metrics_site
 
     return metrics_site(reactor=context.reactor)
 
 
 # Protocol name (listeners.*.protocol) -> builder of its server factory.
-PROTOCOLS = {"https": _https, "metrics": _metrics}
+PROTOCOLS = {"smtp": _smtp, "https": _https, "metrics": _metrics}
 
 
 class BuildContext:
@@ -242,7 +262,7 @@ def build(config, reactor) -> EmailService:
         tls_context = tls.server_context(cert, key, config.tls.min_version)
     context = BuildContext(config, reactor, store, tls_context, root.inflight)
     for name, listener in config.listeners.items():
-        factory = PROTOCOLS[listener.protocol](context)
+        factory = PROTOCOLS[listener.protocol](context, listener)
         where = f"[{listener.address}]:{listener.port}" if ":" in listener.address else f"{listener.address}:{listener.port}"
         description = f"{where} ({listener.protocol}, tls {listener.tls})"
         ListenerService(name, endpoint_for(reactor, listener, tls_context), factory, description).setServiceParent(root)

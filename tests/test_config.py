@@ -72,11 +72,11 @@ class ProblemTests(unittest.SynchronousTestCase):
             '[listeners.d]\nprotocol = "https"\n'
         )
         self.assertEqual(problems, [
-            "listeners.c.protocol: must be one of 'https', 'metrics'",
+            "listeners.c.protocol: must be one of 'smtp', 'https', 'metrics'",
             "listeners.c.port: must be from 0 to 65535, not 70000",
         ])
         problems = self.problems(
-            '[listeners.a]\nport = 8443\n[listeners.b]\nprotocol = "metrics"\nport = 8443\ntls = "implicit"\n'
+            '[listeners.a]\nprotocol = "https"\nport = 8443\n[listeners.b]\nprotocol = "metrics"\nport = 8443\ntls = "implicit"\n'
             '[listeners.d]\nprotocol = "https"\n'
         )
         self.assertEqual(problems, [

@@ -1,7 +1,9 @@
 """The real `twistd -n emailsvc --config FILE` process."""
 import os
 import signal
+import smtplib
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -34,7 +36,7 @@ class TwistdTests(unittest.TestCase):
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
-        self.https, self.metrics = free_port(), free_port()
+        self.https, self.metrics, self.smtp = free_port(), free_port(), free_port()
 
     def write_config(self, extra=""):
         path = os.path.join(self.dir, "emailsvc.toml")
@@ -53,6 +55,10 @@ tls = "implicit"
 [listeners.metrics]
 protocol = "metrics"
 port = {self.metrics}
+[listeners.mx]
+protocol = "smtp"
+port = {self.smtp}
+tls = "starttls"
 {extra}""")
         return path
 
@@ -100,6 +106,34 @@ port = {self.metrics}
         self.assertIn("emailsvc stopped", output)
         self.assertNotIn("Traceback", output)
         self.assertTrue(can_bind(self.https))
+
+    def admin(self, config, *args, password=None):
+        return subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "emailsvc"), "--config", config, *args],
+            input=password, capture_output=True, check=True, timeout=60,
+        )
+
+    def test_newcomer_delivers_mail_that_survives_restart(self):
+        config = self.write_config()
+        self.admin(config, "domain", "add", "example.test")
+        self.admin(config, "user", "add", "alice@example.test", password=b"correct horse\n")
+        process = self.start(config)
+        self.wait_for_log(process, "emailsvc started")
+        with smtplib.SMTP("127.0.0.1", self.smtp, timeout=10) as client:
+            client.starttls(context=ssl._create_unverified_context())
+            client.sendmail("bob@remote.example", ["alice@example.test"], b"Subject: persisted\r\n\r\nhi\r\n")
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        users = self.admin(config, "user", "list").stdout.decode()
+        self.assertIn("alice@example.test", users)
+        with sqlite3.connect(f"{self.dir}/var/meta.sqlite3") as database:
+            (subject,) = database.execute(
+                "SELECT json_extract(c.parsed, '$.subject') FROM messages m"
+                " JOIN contents c ON c.id = m.content_id JOIN mailboxes b ON b.id = m.mailbox_id"
+                " WHERE b.name = 'INBOX'").fetchone()
+            self.assertEqual(subject, "persisted")
+            (hashed,) = database.execute("SELECT password_hash FROM users").fetchone()
+            self.assertTrue(hashed.startswith("$argon2id$"))
 
     def test_broken_config_binds_nothing(self):
         config = self.write_config('[smtp]\nmax_recipients = "many"\nfrobnicate = 1\n')

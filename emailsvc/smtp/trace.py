@@ -1,0 +1,72 @@
+"""Trace fields added at delivery: Received (RFC 5321 4.4) and Return-Path."""
+from __future__ import annotations
+
+import secrets
+from email.utils import formatdate
+
+_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
+
+
+def queue_id() -> str:
+    """A short unique id that names one message in logs and replies."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(14))
+
+
+def _clean(text: str) -> str:
+    """Client-supplied text made safe inside a header: no CR/LF/controls, no parentheses."""
+    return "".join(c for c in text if c.isprintable() and c not in "()\\")[:255]
+
+
+def received(*, helo: str, peer_ip: str, peer_host: str | None, hostname: str, protocol: str,
+             ident: str, recipient: str | None, when: float) -> bytes:
+    """A folded `Received:` field with CRLF line ends.
+
+    `protocol` is the RFC 3848 keyword: ESMTP, ESMTPS, ESMTPA, ESMTPSA, UTF8SMTPS...
+    """
+    literal = f"IPv6:{peer_ip}" if ":" in peer_ip else peer_ip
+    client = f"{_clean(peer_host)} [{literal}]" if peer_host else f"[{literal}]"
+    lines = [
+        f"Received: from {_clean(helo) or 'unknown'} ({client})",
+        f"\tby {hostname} (emailsvc) with {protocol} id {ident}",
+    ]
+    if recipient:
+        lines.append(f"\tfor <{_clean(recipient)}>")
+    lines[-1] += f"; {formatdate(when, usegmt=True)}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def return_path(sender: str) -> bytes:
+    """`Return-Path: <sender>` (empty for the null sender)."""
+    return f"Return-Path: <{_clean(sender)}>\r\n".encode("utf-8")
+
+
+def strip_fields(message: bytes, drop) -> bytes:
+    """Remove header fields (with their folded lines) for which `drop(name, value)` is true.
+
+    `name` is lower-case str, `value` the unfolded raw value (str, latin-1);
+    the body is never touched.
+    """
+    end = message.find(b"\r\n\r\n")
+    header = message[: end + 2] if end >= 0 else message
+    fields, current = [], []
+    for line in header.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+        else:
+            if current:
+                fields.append(current)
+            current = [line]
+    if current:
+        fields.append(current)
+    kept = []
+    changed = False
+    for field in fields:
+        name, colon, value = b"".join(field).partition(b":")
+        if colon and drop(name.strip().lower().decode("latin-1"),
+                          b" ".join(value.split()).decode("latin-1")):
+            changed = True
+            continue
+        kept.extend(field)
+    if not changed:
+        return message
+    return b"".join(kept) + (message[end + 2:] if end >= 0 else b"")

@@ -1,0 +1,144 @@
+"""The MX end to end: smtplib and swaks over loopback into the embedded store."""
+import email
+import os
+import shutil
+import smtplib
+import socket
+import subprocess
+
+from twisted.internet import defer, reactor
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+
+from emailsvc.config import SMTPConfig
+from emailsvc.delivery.mda import MDA
+from emailsvc.service import InFlight
+from emailsvc.smtp.server import SMTPServerFactory
+from emailsvc.smtp.session import MXSession
+from tests.store.test_sqlite import open_embedded
+
+MESSAGE = b"From: Bob <bob@remote.example>\r\nTo: alice@example.test\r\nSubject: hello\r\n\r\nHi Alice.\r\n"
+
+
+class MXTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.metadata, self.blobs = yield open_embedded(self)
+        directory, self.mail = self.metadata.directory, self.metadata.mail
+        yield directory.add_domain("example.test")
+        self.alice = yield directory.add_user("alice@example.test", "pw")
+        self.bob = yield directory.add_user("bob@example.test", "pw")
+        self.jorg = yield directory.add_user("jörg@example.test", "pw")
+        yield directory.add_alias("team@example.test", "alice@example.test")
+        yield directory.add_alias("team@example.test", "bob@example.test")
+        for user in (self.alice, self.bob, self.jorg):
+            yield self.mail.provision_user(user.id)
+        mda = MDA(self.mail, self.blobs, reactor)
+        self.inflight = InFlight()
+        factory = SMTPServerFactory(
+            lambda: MXSession(directory=directory, mda=mda, hostname="mx.example.test",
+                              clock=reactor, inflight=self.inflight),
+            "mx.example.test", SMTPConfig(max_recipients=5), clock=reactor,
+        )
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.address = ("127.0.0.1", self.port.getHost().port)
+
+    def send(self, sender, recipients, message=MESSAGE, **options):
+        def run():
+            with smtplib.SMTP(*self.address, timeout=10) as client:
+                return client.sendmail(sender, recipients, message, **options)
+
+        return deferToThread(run)
+
+    @defer.inlineCallbacks
+    def inbox(self, user, name="INBOX"):
+        box = yield self.mail.get_mailbox(user.id, name)
+        messages = []
+        for record in (yield self.mail.list_messages(box.id)):
+            content = yield self.mail.get_content(record.content_id)
+            messages.append((record, content, (yield self.blobs.get(content.blob_key))))
+        return messages
+
+    @defer.inlineCallbacks
+    def test_delivery_with_trace_fields(self):
+        refused = yield self.send("bob@remote.example", ["Alice@Example.test"])
+        self.assertEqual(refused, {})
+        ((record, content, raw),) = yield self.inbox(self.alice)
+        self.assertTrue(raw.endswith(MESSAGE))
+        parsed = email.message_from_bytes(raw)
+        self.assertEqual(parsed["Return-Path"], "<bob@remote.example>")
+        self.assertRegex(parsed["Received"],
+                         r"^from \S+ \(\[127\.0\.0\.1\]\)\s+by mx\.example\.test \(emailsvc\) with ESMTP id \w+"
+                         r"\s+for <Alice@Example\.test>; .+ GMT$")
+        self.assertTrue(raw.startswith(b"Return-Path: <bob@remote.example>\r\nReceived: from "))
+        self.assertEqual((content.parsed["subject"], record.size), ("hello", len(raw)))
+
+    @defer.inlineCallbacks
+    def test_unknown_user_and_relay_are_refused(self):
+        failure = yield self.assertFailure(self.send("x@remote.example", ["nobody@example.test"]),
+                                           smtplib.SMTPRecipientsRefused)
+        self.assertEqual(failure.recipients["nobody@example.test"], (550, b"5.1.1 No such user here"))
+        for victim in ["victim@elsewhere.example", "victim%elsewhere.example@example.test",
+                       "@example.test:victim@elsewhere.example", "victim@[192.0.2.1]"]:
+            failure = yield self.assertFailure(self.send("x@remote.example", [victim]),
+                                               smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException)
+            code = failure.recipients[victim][0] if hasattr(failure, "recipients") else failure.smtp_code
+            self.assertIn(code, (550, 501, 553), victim)
+        self.assertEqual((yield self.inbox(self.alice)), [])
+
+    @defer.inlineCallbacks
+    def test_alias_shares_one_blob(self):
+        yield self.send("x@remote.example", ["team@example.test", "alice@example.test"])
+        ((alice_record, _, _),) = yield self.inbox(self.alice)
+        ((bob_record, _, _),) = yield self.inbox(self.bob)
+        self.assertEqual(alice_record.content_id, bob_record.content_id)
+
+    @defer.inlineCallbacks
+    def test_smtputf8_and_8bit(self):
+        message = "From: Jörg <jörg@example.test>\r\nSubject: Grüße\r\n\r\nÄpfel\r\n".encode()
+        yield self.send("jörg@remote.example", ["jörg@example.test"], message,
+                        mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+        ((_, content, raw),) = yield self.inbox(self.jorg)
+        self.assertTrue(raw.endswith(message))
+        self.assertEqual(content.parsed["subject"], "Grüße")
+        self.assertIn(b"with UTF8SMTP id", raw)
+
+    @defer.inlineCallbacks
+    def test_too_many_recipients(self):
+        recipients = ["alice@example.test"] * 5 + ["bob@example.test"]
+        refused = yield self.send("x@remote.example", recipients)
+        self.assertEqual(refused, {"bob@example.test": (452, b"4.5.3 Too many recipients")})
+        self.assertEqual(len((yield self.inbox(self.alice))), 1)
+        self.assertEqual((yield self.inbox(self.bob)), [])
+
+    @defer.inlineCallbacks
+    def test_disconnect_mid_data_delivers_nothing(self):
+        def run():
+            with socket.create_connection(self.address, timeout=10) as raw:
+                stream = raw.makefile("rb")
+                stream.readline()
+                for line in [b"EHLO c\r\n", b"MAIL FROM:<x@remote.example>\r\n",
+                             b"RCPT TO:<alice@example.test>\r\n", b"DATA\r\n"]:
+                    raw.sendall(line)
+                    reply = stream.readline()
+                    while reply[3:4] == b"-":
+                        reply = stream.readline()
+                raw.sendall(b"Subject: half\r\n\r\nthe first half\r\n")
+
+        yield deferToThread(run)
+        yield deferToThread(lambda: None)
+        self.assertEqual(len(self.inflight), 0)
+        self.assertEqual((yield self.inbox(self.alice)), [])
+
+    @defer.inlineCallbacks
+    def test_swaks(self):
+        swaks = shutil.which("swaks")
+        self.assertIsNotNone(swaks, "swaks is not installed (scripts/test installs it)")
+        result = yield deferToThread(subprocess.run, [
+            swaks, "--server", f"{self.address[0]}:{self.address[1]}", "--to", "alice@example.test",
+            "--from", "carol@remote.example", "--header", "Subject: via swaks",
+        ], capture_output=True, timeout=30)
+        self.assertEqual(result.returncode, 0, result.stdout.decode())
+        ((_, content, _),) = yield self.inbox(self.alice)
+        self.assertEqual(content.parsed["subject"], "via swaks")
