@@ -1,6 +1,5 @@
 """The MX end to end: smtplib and swaks over loopback into the embedded store."""
 import email
-import os
 import shutil
 import smtplib
 import socket

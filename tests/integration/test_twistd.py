@@ -5,87 +5,15 @@ import smtplib
 import socket
 import sqlite3
 import ssl
-import subprocess
-import sys
 import time
 import urllib.request
 
 from twisted.trial import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+from tests.integration.twistd import TwistdFixture, can_bind
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def can_bind(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-class TwistdTests(unittest.TestCase):
-    def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.https, self.metrics, self.smtp = free_port(), free_port(), free_port()
-
-    def write_config(self, extra=""):
-        path = os.path.join(self.dir, "emailsvc.toml")
-        with open(path, "w") as handle:
-            handle.write(f"""
-[server]
-data_dir = "{self.dir}/var"
-[store.sqlite]
-path = "{self.dir}/var/meta.sqlite3"
-[store.fs]
-path = "{self.dir}/var/blobs"
-[listeners.web]
-protocol = "https"
-port = {self.https}
-tls = "implicit"
-[listeners.metrics]
-protocol = "metrics"
-port = {self.metrics}
-[listeners.mx]
-protocol = "smtp"
-port = {self.smtp}
-tls = "starttls"
-{extra}""")
-        return path
-
-    def start(self, config):
-        process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "--logfile=-", "emailsvc", "--config", config],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": ROOT},
-        )
-        self.addCleanup(lambda: process.poll() is None and process.kill())
-        return process
-
-    def wait_for_log(self, process, text, timeout=10):
-        deadline = time.monotonic() + timeout
-        seen = b""
-        os.set_blocking(process.stdout.fileno(), False)
-        while time.monotonic() < deadline:
-            chunk = process.stdout.read()
-            if chunk:
-                seen += chunk
-                if text.encode() in seen:
-                    return seen.decode()
-            elif process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.fail(f"{text!r} not logged; output so far:\n{seen.decode()}\n{process.stderr.read().decode()}")
-
+class TwistdTests(TwistdFixture, unittest.TestCase):
     def test_starts_serves_and_stops(self):
         began = time.monotonic()
         process = self.start(self.write_config())
@@ -106,12 +34,6 @@ tls = "starttls"
         self.assertIn("emailsvc stopped", output)
         self.assertNotIn("Traceback", output)
         self.assertTrue(can_bind(self.https))
-
-    def admin(self, config, *args, password=None):
-        return subprocess.run(
-            [os.path.join(os.path.dirname(sys.executable), "emailsvc"), "--config", config, *args],
-            input=password, capture_output=True, check=True, timeout=60,
-        )
 
     def test_newcomer_delivers_mail_that_survives_restart(self):
         config = self.write_config()
