@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.web.exchange import http_exchange
 from emailsvc.web.health import (
     HealthResource,
     SecurityHeaders,
@@ -28,33 +27,6 @@ class _Request(DummyRequest):
 
     def isSecure(self):
         return self.secure
-
-
-@implementer(ISSLTransport)
-class _TLSStringTransport(StringTransport):
-    """A StringTransport that looks like TLS to HTTPChannel.isSecure()."""
-
-    def setTcpNoDelay(self, enabled):
-        pass
-
-    def getPeerCertificate(self):
-        return None
-
-
-def http_exchange(site, raw_request: bytes, secure: bool = False):
-    """Feed one HTTP/1.0 request to `site` in memory; return status, headers, body."""
-    channel = site.buildProtocol(None)
-    transport = _TLSStringTransport() if secure else StringTransport()
-    channel.makeConnection(transport)
-    channel.dataReceived(raw_request)
-    head, _, body = transport.value().partition(b"\r\n\r\n")
-    status_line, *header_lines = head.split(b"\r\n")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    channel.connectionLost(None)
-    return int(status_line.split()[1]), headers, body
 
 
 class HealthResourceTests(unittest.TestCase):

@@ -3,27 +3,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
+from tests.web.exchange import http_exchange
 from emailsvc.web.metrics import MetricsResource, metrics_site
-
-
-def http_exchange(site, raw_request: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
-    """Feed one HTTP/1.0 request to `site` in memory; return status, headers, body."""
-    channel = site.buildProtocol(None)
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    channel.dataReceived(raw_request)
-    head, _, body = transport.value().partition(b"\r\n\r\n")
-    status_line, *header_lines = head.split(b"\r\n")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    channel.connectionLost(None)
-    return int(status_line.split()[1]), headers, body
 
 
 class MetricsResourceTests(unittest.TestCase):
