@@ -124,12 +124,79 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class DNSConfig:
+    nameservers: list[str] = field(default_factory=list)
+    timeout: float = field(default=3.0, metadata=_range(0.1, 60))
+    attempts: int = field(default=2, metadata=_range(1, 10))
+
+
+@dataclass(frozen=True)
+class DNSBLZoneConfig:
+    zone: str = ""
+    action: Literal["", "reject", "tempfail", "junk", "tag", "ignore"] = ""
+
+
+@dataclass(frozen=True)
+class DNSBLConfig:
+    zones: list[DNSBLZoneConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DKIMCheckConfig:
+    min_key_bits: int = field(default=1024, metadata=_range(512, 16384))
+    max_signatures: int = field(default=5, metadata=_range(1, 50))
+    thread_threshold: int = field(default=262144, metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class ActionsConfig:
+    spf: dict[str, Literal["reject", "tempfail", "junk", "tag", "ignore"]] = field(
+        default_factory=lambda: {"fail": "tag", "softfail": "tag", "temperror": "tag", "permerror": "tag"}
+    )
+    dkim: dict[str, Literal["reject", "tempfail", "junk", "tag", "ignore"]] = field(
+        default_factory=lambda: {"fail": "tag", "temperror": "tag", "permerror": "tag"}
+    )
+    dmarc: dict[str, Literal["reject", "tempfail", "junk", "tag", "ignore"]] = field(
+        default_factory=lambda: {
+            "fail_reject": "reject",
+            "fail_quarantine": "junk",
+            "fail_none": "tag",
+            "temperror": "tag",
+            "permerror": "tag",
+        }
+    )
+    dnsbl: dict[str, Literal["reject", "tempfail", "junk", "tag", "ignore"]] = field(
+        default_factory=lambda: {"listed": "reject", "temperror": "tag"}
+    )
+    rdns: dict[str, Literal["reject", "tempfail", "junk", "tag", "ignore"]] = field(
+        default_factory=lambda: {"fail": "tag", "none": "tag", "temperror": "tag"}
+    )
+    helo: dict[str, Literal["reject", "tempfail", "junk", "tag", "ignore"]] = field(
+        default_factory=lambda: {"fail_forged": "tag", "fail_invalid": "tag"}
+    )
+    plugins: dict[str, dict[str, Literal["reject", "tempfail", "junk", "tag", "ignore"]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    authserv_id: str = ""
+    enabled: list[str] = field(default_factory=lambda: ["spf", "dkim", "dmarc", "rdns"])
+    timeout: float = field(default=30.0, metadata=_range(1))
+    actions: ActionsConfig = ActionsConfig()
+    dnsbl: DNSBLConfig = DNSBLConfig()
+    dkim: DKIMCheckConfig = DKIMCheckConfig()
+    options: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
     tls: TLSConfig = TLSConfig()
     store: StoreConfig = StoreConfig()
     smtp: SMTPConfig = SMTPConfig()
     auth: AuthConfig = AuthConfig()
+    dns: DNSConfig = DNSConfig()
+    checks: ChecksConfig = ChecksConfig()
     listeners: dict[str, ListenerConfig] = field(default_factory=dict)
     path: str = field(default="", metadata={"internal": True})
 

@@ -230,3 +230,27 @@ class ISMTPSession(Interface):
 
     def disconnected():
         """The connection closed; release anything held for it."""
+
+
+class ICheck(Interface):
+    """One check of the inbound pipeline, built-in or from a plugin.
+
+    A check class is registered in the `emailsvc.checks` entry-point group
+    and built with the class method `from_config(config, resolver,
+    reactor)`.  For each stage named in `stages` it has a method of that
+    name:
+
+        connect(state)  helo(state)  mail(state)  rcpt(state, recipient)  data(state)
+
+    `state` is the `SessionState`.  Each returns a `CheckResult`, a list of
+    them, or None, directly, as a Deferred or as a coroutine.  A check
+    never rejects: the configuration maps its results to actions.  Raising
+    is reported as a temperror result of the check.
+
+    A check may also have `requires`, a tuple of check names of the same
+    stage whose results it reads from `state` (DMARC requires "dkim"); the
+    pipeline starts it once those have finished.
+    """
+
+    name = Attribute("The check's name (str): its key in checks.enabled and checks.actions.")
+    stages = Attribute('The stages it runs at, a tuple drawn from "connect", "helo", "mail", "rcpt", "data".')

@@ -1,13 +1,15 @@
 """Loading extensions from entry points, checked against their interface."""
 from importlib.metadata import entry_points
 
+from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyClass
 
-from emailsvc.interfaces import IBlobStore, IMetadataBackend
+from emailsvc.interfaces import IBlobStore, ICheck, IMetadataBackend
 
 GROUPS = {
     "emailsvc.stores": IMetadataBackend,
     "emailsvc.blobstores": IBlobStore,
+    "emailsvc.checks": ICheck,
 }
 
 
@@ -30,8 +32,17 @@ def load(group: str, name: str):
         cls = point.load()
     except Exception as error:
         raise PluginError(f"{group} plugin {name!r} failed to load: {error}") from error
-    interface = GROUPS[group]
-    if not interface.implementedBy(cls):
-        raise PluginError(f"{group} plugin {name!r} does not implement {interface.__name__}")
-    verifyClass(interface, cls)
+    verify(group, cls, name)
     return cls
+
+
+def verify(group: str, cls, name: str = "") -> None:
+    """Raise PluginError unless `cls` implements the interface of `group`."""
+    interface = GROUPS[group]
+    label = name or getattr(cls, "__name__", repr(cls))
+    if not interface.implementedBy(cls):
+        raise PluginError(f"{group} plugin {label!r} does not implement {interface.__name__}")
+    try:
+        verifyClass(interface, cls)
+    except Invalid as error:
+        raise PluginError(f"{group} plugin {label!r}: {error}") from None

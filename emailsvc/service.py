@@ -133,6 +133,24 @@ class StoreService(AsyncService):
         yield self.metadata.stop()
 
 
+class ChecksService(AsyncService):
+    """The DNS resolver and the inbound check pipeline built on it."""
+
+    def __init__(self, config, reactor):
+        from emailsvc.checks.plugins import build_pipeline
+        from emailsvc.dns import make_resolver
+
+        self.setName("checks")
+        self.resolver = make_resolver(config.dns, reactor, config.path)
+        self.pipeline = build_pipeline(config, self.resolver, reactor)
+
+    def stop(self):
+        from emailsvc.dns import close_resolver
+
+        close_resolver(self.resolver)
+        return defer.succeed(None)
+
+
 class StartError(Exception):
     """A child service could not start; the message is for the operator."""
 
@@ -214,8 +232,8 @@ def _smtp(context, listener):
     hostname = context.config.server.hostname
 
     def session():
-        return MXSession(directory=directory, mda=mda, hostname=hostname,
-                         clock=context.reactor, inflight=context.inflight)
+        return MXSession(directory=directory, mda=mda, pipeline=context.checks.pipeline,
+                         hostname=hostname, clock=context.reactor, inflight=context.inflight)
 
     return SMTPServerFactory(
         session, hostname, context.config.smtp,
@@ -243,8 +261,9 @@ PROTOCOLS = {"smtp": _smtp, "https": _https, "metrics": _metrics}
 class BuildContext:
     """What a protocol builder may use: config, reactor, store, TLS, tracker."""
 
-    def __init__(self, config, reactor, store, tls_context, inflight):
+    def __init__(self, config, reactor, store, checks, tls_context, inflight):
         self.config = config
+        self.checks = checks
         self.reactor = reactor
         self.store = store
         self.tls_context = tls_context
@@ -260,7 +279,11 @@ def build(config, reactor) -> EmailService:
     if any(listener.tls != "none" for listener in config.listeners.values()):
         cert, key = tls.ensure_certificate(config.tls, config.server.data_dir, config.server.hostname, config.path)
         tls_context = tls.server_context(cert, key, config.tls.min_version)
-    context = BuildContext(config, reactor, store, tls_context, root.inflight)
+    checks = None
+    if any(listener.protocol == "smtp" for listener in config.listeners.values()):
+        checks = ChecksService(config, reactor)
+        checks.setServiceParent(root)
+    context = BuildContext(config, reactor, store, checks, tls_context, root.inflight)
     for name, listener in config.listeners.items():
         factory = PROTOCOLS[listener.protocol](context, listener)
         where = f"[{listener.address}]:{listener.port}" if ":" in listener.address else f"{listener.address}:{listener.port}"

@@ -5,9 +5,20 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from emailsvc.checks import authres
+from emailsvc.checks.model import SessionState
 from emailsvc.errors import SMTPReplyError
 from emailsvc.interfaces import ISMTPSession
 from emailsvc.smtp.trace import queue_id, received
+
+_REFUSING = ("reject", "tempfail")
+
+
+def _enforce(verdict):
+    """Turn a refusing verdict into its SMTP reply; pass others through."""
+    if verdict.action in _REFUSING:
+        raise verdict.reply
+    return verdict
 
 
 @implementer(ISMTPSession)
@@ -16,32 +27,34 @@ class MXSession:
 
     log = Logger()
 
-    def __init__(self, *, directory, mda, hostname: str, clock, inflight):
+    def __init__(self, *, directory, mda, pipeline, hostname: str, clock, inflight):
         self._directory = directory
         self._mda = mda
+        self._pipeline = pipeline
         self._hostname = hostname
         self._clock = clock
         self._inflight = inflight
-        self.peer_host = ""
-        self.tls = False
-        self.helo_name = ""
+        self.state = SessionState(peer_ip="")
         self.extended = False
-        self.reset()
+        self.utf8 = False
+        self.user_ids: list[int] = []
 
     def connected(self, peer_host, peer_port, tls):
-        self.peer_host = peer_host
-        self.tls = tls
+        self.state = SessionState(peer_ip=peer_host, peer_port=peer_port, tls=tls)
+        return self._pipeline.connect(self.state).addCallback(_enforce)
 
     def helo(self, name, extended):
-        self.helo_name = name
+        self.state.helo = name
         self.extended = extended
+        return self._pipeline.helo(self.state).addCallback(_enforce)
 
     def tls_started(self):
-        self.tls = True
+        self.state.tls = True
 
     def mail_from(self, sender, parameters):
-        self.sender = sender
+        self.state.sender = sender
         self.utf8 = "SMTPUTF8" in parameters
+        return self._pipeline.mail(self.state).addCallback(_enforce)
 
     @defer.inlineCallbacks
     def rcpt_to(self, recipient, parameters):
@@ -50,37 +63,39 @@ class MXSession:
             raise SMTPReplyError(550, "5.7.1", "Relaying denied")
         if not resolution.users:
             raise SMTPReplyError(550, "5.1.1", "No such user here")
-        self.recipients.append(recipient)
+        _enforce((yield self._pipeline.rcpt(self.state, recipient)))
+        self.state.recipients.append(recipient)
         self.user_ids.extend(user.id for user in resolution.users)
 
+    @defer.inlineCallbacks
     def data(self, message):
+        state = self.state
+        state.message = message
+        verdict = _enforce((yield self._pipeline.data(state)))
         ident = queue_id()
+        recipients = list(state.recipients)
         trace = received(
-            helo=self.helo_name, peer_ip=self.peer_host, peer_host=None, hostname=self._hostname,
-            protocol=self._protocol(), ident=ident,
-            recipient=self.recipients[0] if len(self.recipients) == 1 else None,
-            when=self._clock.seconds(),
+            helo=state.helo or "", peer_ip=state.peer_ip, peer_host=state.reverse_name,
+            hostname=self._hostname, protocol=self._protocol(), ident=ident,
+            recipient=recipients[0] if len(recipients) == 1 else None, when=self._clock.seconds(),
         )
-        delivered = self._mda.deliver(trace + message, self.user_ids, self.sender)
-        self._inflight.track(delivered)
-        recipients = len(self.recipients)
-
-        def done(records):
-            self.log.info("{id}: delivered from <{sender}> to {n} recipients ({size} bytes)",
-                          id=ident, sender=self.sender, n=recipients, size=len(message))
-            return f"Ok: queued as {ident}"
-
-        return delivered.addCallback(done)
+        junk = verdict.action == "junk"
+        delivered = self._mda.deliver(trace + authres.apply(message, verdict), self.user_ids,
+                                      state.sender or "", junk=junk)
+        yield self._inflight.track(delivered)
+        self.log.info("{id}: delivered from <{sender}> to {n} recipients ({size} bytes){junk}",
+                      id=ident, sender=state.sender, n=len(recipients), size=len(message),
+                      junk=" as junk" if junk else "")
+        return f"Ok: queued as {ident}"
 
     def _protocol(self) -> str:
         name = ("UTF8SMTP" if self.utf8 else "ESMTP") if self.extended else "SMTP"
-        return name + ("S" if self.tls else "")
+        return name + ("S" if self.state.tls else "")
 
     def reset(self):
-        self.sender = ""
+        self.state.reset()
         self.utf8 = False
-        self.recipients: list[str] = []
-        self.user_ids: list[int] = []
+        self.user_ids = []
 
     def disconnected(self):
         self.reset()

@@ -39,34 +39,3 @@ def return_path(sender: str) -> bytes:
     """`Return-Path: <sender>` (empty for the null sender)."""
     return f"Return-Path: <{_clean(sender)}>\r\n".encode("utf-8")
 
-
-def strip_fields(message: bytes, drop) -> bytes:
-    """Remove header fields (with their folded lines) for which `drop(name, value)` is true.
-
-    `name` is lower-case str, `value` the unfolded raw value (str, latin-1);
-    the body is never touched.
-    """
-    end = message.find(b"\r\n\r\n")
-    header = message[: end + 2] if end >= 0 else message
-    fields, current = [], []
-    for line in header.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t") and current:
-            current.append(line)
-        else:
-            if current:
-                fields.append(current)
-            current = [line]
-    if current:
-        fields.append(current)
-    kept = []
-    changed = False
-    for field in fields:
-        name, colon, value = b"".join(field).partition(b":")
-        if colon and drop(name.strip().lower().decode("latin-1"),
-                          b" ".join(value.split()).decode("latin-1")):
-            changed = True
-            continue
-        kept.extend(field)
-    if not changed:
-        return message
-    return b"".join(kept) + (message[end + 2:] if end >= 0 else b"")

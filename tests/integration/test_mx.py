@@ -9,19 +9,32 @@ from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
-from emailsvc.config import SMTPConfig
+from emailsvc.checks.plugins import build_pipeline
+from emailsvc.config import parse
 from emailsvc.delivery.mda import MDA
 from emailsvc.service import InFlight
 from emailsvc.smtp.server import SMTPServerFactory
 from emailsvc.smtp.session import MXSession
+from tests.fakedns import DNSTestCase
 from tests.store.test_sqlite import open_embedded
 
 MESSAGE = b"From: Bob <bob@remote.example>\r\nTo: alice@example.test\r\nSubject: hello\r\n\r\nHi Alice.\r\n"
 
 
-class MXTests(unittest.TestCase):
+CONFIG = """
+[server]
+hostname = "mx.example.test"
+[smtp]
+max_recipients = 5
+[checks]
+enabled = ["spf", "dkim", "dmarc"]
+"""
+
+
+class MXTests(DNSTestCase, unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
+        super().setUp()
         self.metadata, self.blobs = yield open_embedded(self)
         directory, self.mail = self.metadata.directory, self.metadata.mail
         yield directory.add_domain("example.test")
@@ -34,10 +47,12 @@ class MXTests(unittest.TestCase):
             yield self.mail.provision_user(user.id)
         mda = MDA(self.mail, self.blobs, reactor)
         self.inflight = InFlight()
+        config = parse(CONFIG)
+        pipeline = build_pipeline(config, self.resolver, reactor)
         factory = SMTPServerFactory(
-            lambda: MXSession(directory=directory, mda=mda, hostname="mx.example.test",
+            lambda: MXSession(directory=directory, mda=mda, pipeline=pipeline, hostname="mx.example.test",
                               clock=reactor, inflight=self.inflight),
-            "mx.example.test", SMTPConfig(max_recipients=5), clock=reactor,
+            "mx.example.test", config.smtp, clock=reactor,
         )
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
@@ -71,6 +86,9 @@ class MXTests(unittest.TestCase):
                          r"^from \S+ \(\[127\.0\.0\.1\]\)\s+by mx\.example\.test \(emailsvc\) with ESMTP id \w+"
                          r"\s+for <Alice@Example\.test>; .+ GMT$")
         self.assertTrue(raw.startswith(b"Return-Path: <bob@remote.example>\r\nReceived: from "))
+        self.assertEqual(" ".join(parsed["Authentication-Results"].split()),
+                         "mx.example.test; spf=none smtp.mailfrom=bob@remote.example; dkim=none;"
+                         " dmarc=none (no policy) header.from=remote.example")
         self.assertEqual((content.parsed["subject"], record.size), ("hello", len(raw)))
 
     @defer.inlineCallbacks
@@ -141,3 +159,30 @@ class MXTests(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stdout.decode())
         ((_, content, _),) = yield self.inbox(self.alice)
         self.assertEqual(content.parsed["subject"], "via swaks")
+
+    @defer.inlineCallbacks
+    def test_dmarc_quarantine_goes_to_junk_and_forgeries_are_stripped(self):
+        self.dns.txt("spoofed.example", "v=spf1 ip4:192.0.2.99 -all")
+        self.dns.txt("_dmarc.spoofed.example", "v=DMARC1; p=quarantine")
+        message = (b"Authentication-Results: mx.example.test; dmarc=pass header.from=spoofed.example\r\n"
+                   b"Authentication-Results: other.example; spf=pass\r\n"
+                   b"From: ceo@spoofed.example\r\nSubject: wire money\r\n\r\nnow\r\n")
+        yield self.send("ceo@spoofed.example", ["alice@example.test"], message)
+        self.assertEqual((yield self.inbox(self.alice)), [])
+        ((_, _, raw),) = yield self.inbox(self.alice, "Junk")
+        results = email.message_from_bytes(raw).get_all("Authentication-Results")
+        self.assertEqual(len(results), 2)
+        self.assertIn("spf=fail", results[0])
+        self.assertIn("dmarc=fail", results[0])
+        self.assertEqual(results[1], "other.example; spf=pass")
+        self.assertTrue(self.dns.asked("_dmarc.spoofed.example", "TXT"))
+
+    @defer.inlineCallbacks
+    def test_dmarc_reject_is_refused(self):
+        self.dns.txt("strict.example", "v=spf1 -all")
+        self.dns.txt("_dmarc.strict.example", "v=DMARC1; p=reject")
+        failure = yield self.assertFailure(
+            self.send("ceo@strict.example", ["alice@example.test"], b"From: ceo@strict.example\r\n\r\nx\r\n"),
+            smtplib.SMTPDataError)
+        self.assertEqual(failure.smtp_code, 550)
+        self.assertEqual((yield self.inbox(self.alice)), [])

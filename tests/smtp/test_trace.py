@@ -1,7 +1,7 @@
 """Trace fields and header stripping."""
 from twisted.trial import unittest
 
-from emailsvc.smtp.trace import queue_id, received, return_path, strip_fields
+from emailsvc.smtp.trace import queue_id, received, return_path
 
 
 class TraceTests(unittest.SynchronousTestCase):
@@ -26,16 +26,3 @@ class TraceTests(unittest.SynchronousTestCase):
 
     def test_queue_ids_differ(self):
         self.assertEqual(len({queue_id() for _ in range(100)}), 100)
-
-    def test_strip_fields(self):
-        message = (b"Authentication-Results: mx.example.org;\r\n spf=pass\r\n"
-                   b"Subject: hi\r\nAuthentication-Results: other.example; dkim=pass\r\n"
-                   b"\r\nAuthentication-Results: body text stays\r\n")
-        stripped = strip_fields(message, lambda name, value: name == "authentication-results"
-                                and value.startswith("mx.example.org;"))
-        self.assertEqual(stripped, b"Subject: hi\r\nAuthentication-Results: other.example; dkim=pass\r\n"
-                                   b"\r\nAuthentication-Results: body text stays\r\n")
-        self.assertIs(strip_fields(message, lambda name, value: False), message)
-
-    def test_strip_without_body(self):
-        self.assertEqual(strip_fields(b"X-A: 1\r\nX-B: 2\r\n", lambda n, v: n == "x-a"), b"X-B: 2\r\n")

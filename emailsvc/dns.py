@@ -1,0 +1,237 @@
+"""The one DNS resolver of emailsvc, and small lookup helpers over it.
+
+Everything goes through twisted.names with explicit record types (never
+ANY) and short timeouts.  The helpers map "no such name" and "no data" to
+an empty list, and server failures, refusals and timeouts to
+`DNSTemporaryError`, which is what SPF, DKIM and DMARC call temperror.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+
+from twisted.internet import defer
+from twisted.names import client, dns, error
+
+from emailsvc.addresses import ascii_domain
+from emailsvc.config import ConfigError, Problem
+
+#: How many CNAMEs a helper follows when the server did not chase them.
+MAX_CNAME_CHAIN = 8
+
+
+class DNSTemporaryError(Exception):
+    """A lookup failed in a way that may succeed later (SERVFAIL, timeout...)."""
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """Split "host:port", "[v6]:port", a bare IPv4 or a bare IPv6 address.
+
+    Raises ValueError when it is not an IP address with an optional port.
+    """
+    text = text.strip()
+    host, port = text, 53
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"not an address: {text!r}")
+        if rest:
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        host, _, rest = text.partition(":")
+        port = _port(rest, text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"not an IP address: {text!r}") from None
+    return host, port
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"bad port in {whole!r}")
+    return int(text)
+
+
+def make_resolver(dns_config, reactor, config_path: str = "configuration"):
+    """A twisted.names resolver for `dns_config` (a config.DNSConfig).
+
+    Uses `dns_config.nameservers` when given, else the system's
+    /etc/resolv.conf.  Each attempt waits `timeout` seconds; there are
+    `attempts` of them, rotating over the servers.  A bad nameserver is a
+    ConfigError naming its key.
+    """
+    servers = []
+    problems = []
+    for index, text in enumerate(dns_config.nameservers):
+        try:
+            servers.append(parse_nameserver(text))
+        except ValueError as problem:
+            problems.append(Problem(f"dns.nameservers[{index}]", str(problem)))
+    if problems:
+        raise ConfigError(config_path, problems)
+    timeouts = (dns_config.timeout,) * dns_config.attempts
+    if servers:
+        return client.Resolver(servers=servers, timeout=timeouts, reactor=reactor)
+    return client.Resolver(resolv="/etc/resolv.conf", timeout=timeouts, reactor=reactor)
+
+
+def close_resolver(resolver) -> None:
+    """Drop a resolver's open TCP connections and its resolv.conf re-read timer."""
+    for protocol in list(getattr(resolver, "connections", ())):
+        protocol.transport.loseConnection()
+    call = getattr(resolver, "_parseCall", None)
+    if call is not None and call.active():
+        call.cancel()
+
+
+def dns_name(name: str) -> str | None:
+    """The lower-case A-label form of `name` for a query, or None if invalid.
+
+    Labels such as `_dmarc` or `_domainkey` are kept as they are; only
+    non-ASCII labels go through IDNA.
+    """
+    name = name.strip().rstrip(".")
+    if not name or len(name) > 253:
+        return None
+    labels = []
+    for label in name.split("."):
+        if not label.isascii():
+            try:
+                label = ascii_domain(label)
+            except (UnicodeError, ValueError):
+                return None
+        if not 0 < len(label) < 64:
+            return None
+        labels.append(label.lower())
+    result = ".".join(labels)
+    return result if len(result) <= 253 else None
+
+
+def valid_hostname(name: str) -> bool:
+    """Whether `name` is a fully-qualified host name: two or more labels of
+    letters, digits, hyphens (not first or last) and underscores."""
+    ascii_name = dns_name(name)
+    if ascii_name is None or "." not in ascii_name:
+        return False
+    return all(_HOST_LABEL.fullmatch(label) for label in ascii_name.split("."))
+
+
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def reverse_name(address: str) -> str:
+    """The in-addr.arpa / ip6.arpa name of an IP address (raises ValueError)."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.reverse_pointer
+
+
+def reversed_ip(address: str) -> str:
+    """The IP reversed for a DNS list query: "4.3.2.1" or 32 nibbles for IPv6."""
+    name = reverse_name(address)
+    return name.rsplit(".", 2)[0]
+
+
+_TEMPORARY = (
+    error.DNSServerError,
+    error.DNSQueryRefusedError,
+    error.DNSFormatError,
+    error.DNSNotImplementedError,
+    error.DNSUnknownError,
+    defer.TimeoutError,
+    error.DNSQueryTimeoutError,
+    error.DomainError,
+    OSError,
+)
+
+
+@defer.inlineCallbacks
+def _lookup(resolver, name: str, rrtype: int):
+    """Records of `rrtype` for `name`, following CNAMEs the server left unchased.
+
+    @return: Deferred firing with a list of record payloads.
+    """
+    query = dns_name(name)
+    if query is None:
+        return []
+    for _ in range(MAX_CNAME_CHAIN + 1):
+        try:
+            answers, _authority, _additional = yield resolver.query(
+                dns.Query(query, rrtype, dns.IN)
+            )
+        except (error.DNSNameError, error.AuthoritativeDomainError):
+            return []
+        except _TEMPORARY as failure:
+            raise DNSTemporaryError(f"{dns.QUERY_TYPES.get(rrtype, rrtype)} {query}: {failure.__class__.__name__}") from None
+        found = [answer.payload for answer in answers if answer.type == rrtype]
+        if found:
+            return found
+        aliases = {
+            answer.name.name.decode("ascii", "replace").lower(): answer.payload.name.name.decode("ascii", "replace")
+            for answer in answers
+            if answer.type == dns.CNAME
+        }
+        target = query
+        while target in aliases:
+            target = aliases.pop(target).lower().rstrip(".")
+        if target == query:
+            return []
+        query = target
+    raise DNSTemporaryError(f"CNAME chain too long at {name}")
+
+
+def lookup_txt_bytes(resolver, name: str):
+    """TXT records at `name`, each one's strings joined. @return: Deferred[list[bytes]]."""
+    return _lookup(resolver, name, dns.TXT).addCallback(lambda records: [b"".join(record.data) for record in records])
+
+
+def lookup_txt(resolver, name: str):
+    """TXT records at `name` as text (UTF-8, bad bytes replaced). @return: Deferred[list[str]]."""
+    return lookup_txt_bytes(resolver, name).addCallback(
+        lambda records: [record.decode("utf-8", "replace") for record in records]
+    )
+
+
+def lookup_a(resolver, name: str):
+    """IPv4 addresses of `name`. @return: Deferred[list[str]]."""
+    return _lookup(resolver, name, dns.A).addCallback(lambda records: [record.dottedQuad() for record in records])
+
+
+def lookup_aaaa(resolver, name: str):
+    """IPv6 addresses of `name`. @return: Deferred[list[str]]."""
+    return _lookup(resolver, name, dns.AAAA).addCallback(
+        lambda records: [str(ipaddress.IPv6Address(socket.inet_ntop(socket.AF_INET6, record.address))) for record in records]
+    )
+
+
+def lookup_mx(resolver, name: str):
+    """MX of `name` as (preference, exchange) sorted by preference. @return: Deferred[list]."""
+    return _lookup(resolver, name, dns.MX).addCallback(
+        lambda records: sorted(
+            (record.preference, record.name.name.decode("ascii", "replace").rstrip(".").lower()) for record in records
+        )
+    )
+
+
+def lookup_ptr(resolver, address: str):
+    """Host names of an IP address (PTR). @return: Deferred[list[str]]."""
+    try:
+        name = reverse_name(address)
+    except ValueError:
+        return defer.succeed([])
+    return lookup_ptr_name(resolver, name)
+
+
+def lookup_addresses(resolver, name: str, version: int):
+    """A (version 4) or AAAA (version 6) addresses of `name`. @return: Deferred[list[str]]."""
+    return lookup_a(resolver, name) if version == 4 else lookup_aaaa(resolver, name)
+
+
+def lookup_ptr_name(resolver, name: str):
+    """PTR targets at the reverse name `name` ("4.3.2.1.in-addr.arpa"). @return: Deferred[list[str]]."""
+    return _lookup(resolver, name, dns.PTR).addCallback(
+        lambda records: [record.name.name.decode("ascii", "replace").rstrip(".").lower() for record in records]
+    )

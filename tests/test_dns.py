@@ -1,0 +1,118 @@
+"""emailsvc.dns: the resolver factory and lookup helpers, against a fake server."""
+from twisted.internet import defer
+from twisted.names import client
+from twisted.trial import unittest
+
+from emailsvc import dns
+from emailsvc.config import ConfigError, DNSConfig
+from tests.fakedns import DNSTestCase
+
+
+class NameTests(unittest.TestCase):
+    def test_parse_nameserver(self):
+        self.assertEqual(dns.parse_nameserver("127.0.0.1:5353"), ("127.0.0.1", 5353))
+        self.assertEqual(dns.parse_nameserver("192.0.2.1"), ("192.0.2.1", 53))
+        self.assertEqual(dns.parse_nameserver("[::1]:5353"), ("::1", 5353))
+        self.assertEqual(dns.parse_nameserver("2001:db8::1"), ("2001:db8::1", 53))
+        for bad in ("ns.example.org:53", "127.0.0.1:0", "127.0.0.1:x", "[::1", ""):
+            self.assertRaises(ValueError, dns.parse_nameserver, bad)
+
+    def test_make_resolver_reports_bad_nameservers_by_key(self):
+        from twisted.internet import reactor
+
+        config = DNSConfig(nameservers=["127.0.0.1:53", "dns.example:53", "1.2.3.4:99999"])
+        error = self.assertRaises(ConfigError, dns.make_resolver, config, reactor)
+        self.assertEqual([problem.key for problem in error.problems], ["dns.nameservers[1]", "dns.nameservers[2]"])
+
+    def test_make_resolver_uses_configured_servers_and_timeout(self):
+        from twisted.internet import reactor
+
+        resolver = dns.make_resolver(DNSConfig(nameservers=["127.0.0.1:5353"], timeout=1.5, attempts=3), reactor)
+        self.assertIsInstance(resolver, client.Resolver)
+        self.assertEqual(resolver.servers, [("127.0.0.1", 5353)])
+        self.assertEqual(resolver.timeout, (1.5, 1.5, 1.5))
+
+    def test_dns_name(self):
+        self.assertEqual(dns.dns_name("_dmarc.Example.ORG."), "_dmarc.example.org")
+        self.assertEqual(dns.dns_name("sel._domainkey.bücher.de"), "sel._domainkey.xn--bcher-kva.de")
+        self.assertIsNone(dns.dns_name("a..b"))
+        self.assertIsNone(dns.dns_name(""))
+        self.assertIsNone(dns.dns_name("x" * 64 + ".org"))
+
+    def test_valid_hostname(self):
+        for good in ("mail.example.org", "_spf.example.org", "xn--bcher-kva.de", "bücher.de", "1.2.3.4"):
+            self.assertTrue(dns.valid_hostname(good), good)
+        for bad in ("localhost", "[192.0.2.1]", "-bad.example", "bad-.example", "a..b", "sp ace.example", ""):
+            self.assertFalse(dns.valid_hostname(bad), bad)
+
+    def test_reversed_ip(self):
+        self.assertEqual(dns.reversed_ip("192.0.2.1"), "1.2.0.192")
+        self.assertEqual(dns.reversed_ip("::ffff:192.0.2.1"), "1.2.0.192")
+        self.assertEqual(
+            dns.reversed_ip("2001:db8::1"),
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2",
+        )
+
+
+class LookupTests(DNSTestCase, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_record_types(self):
+        self.dns.txt("example.org", "v=spf1 -all", "hello")
+        self.dns.a("mail.example.org", "192.0.2.1", "192.0.2.2")
+        self.dns.aaaa("mail.example.org", "2001:db8::1")
+        self.dns.mx("example.org", (20, "backup.example.org"), (10, "Mail.Example.org."))
+        self.dns.ptr("192.0.2.1", "mail.example.org")
+        self.dns.ptr("2001:db8::1", "mail6.example.org")
+        self.assertEqual(sorted((yield dns.lookup_txt(self.resolver, "EXAMPLE.org."))), ["hello", "v=spf1 -all"])
+        self.assertEqual(sorted((yield dns.lookup_a(self.resolver, "mail.example.org"))), ["192.0.2.1", "192.0.2.2"])
+        self.assertEqual((yield dns.lookup_aaaa(self.resolver, "mail.example.org")), ["2001:db8::1"])
+        self.assertEqual(
+            (yield dns.lookup_mx(self.resolver, "example.org")), [(10, "mail.example.org"), (20, "backup.example.org")]
+        )
+        self.assertEqual((yield dns.lookup_ptr(self.resolver, "192.0.2.1")), ["mail.example.org"])
+        self.assertEqual((yield dns.lookup_ptr(self.resolver, "2001:db8::1")), ["mail6.example.org"])
+        kinds = {kind for _, kind in self.dns.queries}
+        self.assertEqual(kinds, {"TXT", "A", "AAAA", "MX", "PTR"})
+        self.assertNotIn("ALL_RECORDS", kinds)
+
+    @defer.inlineCallbacks
+    def test_no_such_name_and_no_data_are_empty(self):
+        self.dns.a("example.org", "192.0.2.1")
+        self.assertEqual((yield dns.lookup_txt(self.resolver, "missing.example.org")), [])
+        self.assertEqual((yield dns.lookup_txt(self.resolver, "example.org")), [])
+        self.assertEqual((yield dns.lookup_mx(self.resolver, "example.org")), [])
+        self.assertEqual((yield dns.lookup_a(self.resolver, "not..valid")), [])
+
+    @defer.inlineCallbacks
+    def test_server_failure_is_temporary(self):
+        self.dns.servfail("broken.example")
+        with self.assertRaises(dns.DNSTemporaryError):
+            yield dns.lookup_txt(self.resolver, "broken.example")
+
+    @defer.inlineCallbacks
+    def test_cname_is_followed(self):
+        self.dns.cname("www.example.org", "host.example.net")
+        self.dns.a("host.example.net", "192.0.2.7")
+        self.assertEqual((yield dns.lookup_a(self.resolver, "www.example.org")), ["192.0.2.7"])
+
+    @defer.inlineCallbacks
+    def test_large_answer_retried_over_tcp(self):
+        self.dns.txt("big.example.org", "k=" + "x" * 900)
+        (text,) = yield dns.lookup_txt(self.resolver, "big.example.org")
+        self.assertEqual(len(text), 902)
+        self.assertEqual(self.dns.queries.count(("big.example.org", "TXT")), 2)
+
+    @defer.inlineCallbacks
+    def test_idn_is_queried_as_a_label(self):
+        self.dns.a("xn--bcher-kva.de", "192.0.2.9")
+        self.assertEqual((yield dns.lookup_a(self.resolver, "Bücher.de")), ["192.0.2.9"])
+
+
+class TimeoutTests(DNSTestCase, unittest.TestCase):
+    dns_timeout = 0.2
+
+    @defer.inlineCallbacks
+    def test_timeout_is_temporary(self):
+        self.dns.drop("slow.example")
+        with self.assertRaises(dns.DNSTemporaryError):
+            yield dns.lookup_a(self.resolver, "slow.example")
