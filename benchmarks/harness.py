@@ -1,0 +1,240 @@
+"""What the benchmarks share: free ports, a real `twistd -n emailsvc`, polling.
+
+Nothing here imports emailsvc: the service runs as its own process, started
+exactly as an operator would start it, with PYTHONPATH pointing at this
+checkout.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+USER = "alice@example.test"
+DOMAIN = "example.test"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (>= 20000)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port >= 20000:
+            return port
+    raise RuntimeError("no free high port on 127.0.0.1")
+
+
+def wait_for_port(port: int, timeout: float, process=None) -> None:
+    """Return once 127.0.0.1:`port` accepts connections; raise after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with status {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05):
+    """Poll `predicate()` until it is true or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def stop_process(process, timeout: float = 30.0) -> None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL; a no-op once exited."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return b"\n".join(handle.read().splitlines()[-lines:]).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class Emailsvc:
+    """A real `twistd -n emailsvc` on a generated config under `workdir`.
+
+    Use as a context manager: the domain and user are created with the
+    `emailsvc` admin command, the service is started and waited for, and it
+    is stopped (SIGTERM, then SIGKILL) on the way out, also on error.
+    """
+
+    def __init__(self, workdir: str, *, max_connections_per_ip: int = 20, profile: str | None = None,
+                 password: str = "bench-password", checks: list[str] | None = None,
+                 nameservers: list[str] | None = None):
+        self.workdir = os.path.abspath(workdir)
+        self.data = os.path.join(self.workdir, "var")
+        self.database = os.path.join(self.data, "emailsvc.sqlite3")
+        self.blobs = os.path.join(self.data, "blobs")
+        self.config = os.path.join(self.workdir, "emailsvc.toml")
+        self.log = os.path.join(self.workdir, "twistd.log")
+        self.port = free_port()
+        self.password = password
+        self.profile = profile
+        self.process = None
+        self.max_connections_per_ip = max_connections_per_ip
+        # No inbound checks unless asked: the peers do no SPF/DKIM/DMARC, and
+        # this sandbox reaches no DNS server (each lookup would time out).
+        self.checks = list(checks or [])
+        self.nameservers = list(nameservers or [])
+
+    def write_config(self) -> None:
+        os.makedirs(self.data, exist_ok=True)
+        with open(self.config, "w", encoding="utf-8") as handle:
+            handle.write(f"""\
+[server]
+hostname = "mx.bench.test"
+data_dir = "{self.data}"
+shutdown_timeout = 30.0
+
+[store.sqlite]
+path = "{self.database}"
+
+[store.fs]
+path = "{self.blobs}"
+
+[smtp]
+max_connections = 1000
+max_connections_per_ip = {self.max_connections_per_ip}
+
+[listeners.mx]
+protocol = "smtp"
+address = "127.0.0.1"
+port = {self.port}
+tls = "none"
+
+[dns]
+nameservers = {_toml_list(self.nameservers)}
+timeout = 1.0
+attempts = 1
+
+[checks]
+enabled = {_toml_list(self.checks)}
+""")
+
+    def admin(self, *args: str, stdin: str | None = None) -> None:
+        command = [os.path.join(BIN, "emailsvc"), "--config", self.config, *args]
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120,
+                                cwd=self.workdir, env=self._environment())
+        if result.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n"
+                               f"{result.stdout}{result.stderr}")
+
+    def _environment(self) -> dict:
+        path = os.environ.get("PYTHONPATH")
+        return {**os.environ, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
+
+    def __enter__(self):
+        self.write_config()
+        self.admin("domain", "add", DOMAIN)
+        self.admin("user", "add", USER, stdin=self.password + "\n")
+        command = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", f"--logfile={self.log}"]
+        if self.profile:
+            command += [f"--profile={self.profile}", "--profiler=cprofile", "--savestats"]
+        command += ["emailsvc", "--config", self.config]
+        self.process = subprocess.Popen(command, cwd=self.workdir, env=self._environment(),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        try:
+            started = wait_until(lambda: "emailsvc started" in tail(self.log, 200)
+                                 or self.process.poll() is not None, 60, 0.1)
+            if not started or self.process.poll() is not None:
+                raise RuntimeError(f"emailsvc did not start; log:\n{tail(self.log, 40)}")
+            wait_for_port(self.port, 10, self.process)
+        except BaseException:
+            stop_process(self.process)
+            raise
+        return self
+
+    def __exit__(self, *exc_info):
+        stop_process(self.process, 60)
+        return False
+
+    def inbox_count(self) -> int:
+        """Messages in the user's INBOX, read from the SQLite file (read-only)."""
+        return inbox_count(self.database)
+
+
+def _toml_list(items) -> str:
+    return "[" + ", ".join('"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items) + "]"
+
+
+class NXDomainDNS:
+    """A DNS server on 127.0.0.1 that answers every question NXDOMAIN at once.
+
+    Stands in for a local caching resolver when the checks run, so that
+    their cost is measured without network timeouts.
+    """
+
+    def __init__(self, workdir: str):
+        self.port = free_port()
+        self.log = os.path.join(workdir, "dns.log")
+        self.process = None
+
+    def __enter__(self):
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "nxdomain_dns.py"),
+                 str(self.port)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        if not wait_until(lambda: "ready" in tail(self.log) or self.process.poll() is not None, 30, 0.05) \
+                or self.process.poll() is not None:
+            stop_process(self.process)
+            raise RuntimeError(f"the DNS stand-in did not start:\n{tail(self.log)}")
+        return self
+
+    def __exit__(self, *exc_info):
+        stop_process(self.process)
+        return False
+
+    @property
+    def nameserver(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def inbox_count(database: str) -> int:
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
+    try:
+        return connection.execute(
+            "SELECT count(*) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
+            " JOIN users u ON u.id = b.user_id WHERE u.address = ? AND b.name = 'INBOX'", (USER,)
+        ).fetchone()[0]
+    finally:
+        connection.close()
+
+
+def machine() -> str:
+    """One line about this machine: cores, CPU model, kernel."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {model or 'unknown CPU'}, Linux {os.uname().release}"

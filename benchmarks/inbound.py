@@ -1,0 +1,480 @@
+"""Inbound SMTP accept rate: emailsvc vs Postfix vs aiosmtpd, same machine, same run.
+
+Postfix's `smtp-source` sends N messages (default 10,000) of ~5 KB over S
+parallel SMTP sessions (default 20, one connection per message) to one
+recipient.  The clock runs from just before the first connect until every
+message is durably in its mailbox:
+
+- emailsvc: the real `twistd -n emailsvc` on the embedded store (SQLite +
+  files); it answers 250 only after the blob is fsynced and the SQL
+  transaction committed, and the INBOX row count is checked afterwards;
+- Postfix: a throwaway instance (own config, queue and data directories under
+  a temporary directory) delivering to a virtual Maildir; done when
+  Maildir/new holds N files;
+- aiosmtpd: benchmarks/maildir_aiosmtpd.py, fsync of the file and of the
+  directory before each 250.
+
+Each server runs `--rounds` times, interleaved; the median counts.  Prints
+msgs/s and emailsvc's ratios and writes them into benchmarks/README.rst.
+Installs its peers when missing (`apt-get install postfix`, `pip install
+aiosmtpd`).  Every server listens on 127.0.0.1 on a free high port and is
+stopped at the end, also on error.
+
+    python benchmarks/inbound.py [--messages 10000] [--sessions 20] [--size 5120] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+POSTFIX = "/usr/sbin/postfix"
+SENDER = "sender@remote.test"
+README = os.path.join(HERE, "README.rst")
+BEGIN, END = ".. inbound-results-begin", ".. inbound-results-end"
+VMAIL_UID = 65534  # nobody: virtual(8) refuses uids below virtual_minimum_uid (100)
+SERVERS = ("emailsvc", "postfix", "aiosmtpd")
+
+
+# -- peers -----------------------------------------------------------------------
+
+def ensure_peers() -> None:
+    """Install Postfix (for smtp-source and the Postfix baseline) and aiosmtpd if missing."""
+    if not (os.path.exists(SMTP_SOURCE) and os.path.exists(POSTFIX)):
+        if os.geteuid() != 0:
+            sys.exit("inbound: Postfix is not installed and this is not root; run "
+                     "`apt-get install -y postfix` first")
+        # "No configuration": the package must not set up (or start) a system
+        # instance on port 25; this benchmark runs its own instance.
+        subprocess.run(["debconf-set-selections"], input="postfix postfix/main_mailer_type select No configuration\n",
+                       text=True, check=False, timeout=60)
+        environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "postfix"]
+        if subprocess.run(install, env=environment, timeout=900).returncode:
+            subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], env=environment,
+                           timeout=900, check=True)
+            subprocess.run(install, env=environment, timeout=900, check=True)
+        if not os.path.exists(SMTP_SOURCE):
+            sys.exit(f"inbound: {SMTP_SOURCE} is missing after installing postfix")
+    if importlib.util.find_spec("aiosmtpd") is None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "aiosmtpd"], timeout=900, check=True)
+
+
+# -- the servers -----------------------------------------------------------------
+
+def count_files(directory: str) -> int:
+    try:
+        with os.scandir(directory) as entries:
+            return sum(1 for entry in entries if entry.is_file(follow_symlinks=False))
+    except FileNotFoundError:
+        return 0
+
+
+class EmailsvcServer:
+    name = "emailsvc"
+    detail = "embedded store (SQLite WAL synchronous=FULL + fsynced blob files)"
+
+    def __init__(self, workdir, profile=None):
+        # smtp-source opens a connection per message, all from 127.0.0.1: a new
+        # one may arrive before the server has seen the previous one close.
+        # Postfix exempts $mynetworks from its per-client limits; the same here.
+        self.server = harness.Emailsvc(os.path.join(workdir, "emailsvc"), max_connections_per_ip=1000,
+                                       profile=profile)
+
+    def __enter__(self):
+        os.makedirs(self.server.workdir, exist_ok=True)
+        self.server.__enter__()
+        self.port = self.server.port
+        return self
+
+    def __exit__(self, *exc_info):
+        return self.server.__exit__(*exc_info)
+
+    def count(self) -> int:
+        return self.server.inbox_count()
+
+    def log_tail(self) -> str:
+        return harness.tail(self.server.log)
+
+
+class PostfixServer:
+    name = "postfix"
+    detail = "throwaway instance, virtual(8) delivery to a Maildir"
+
+    def __init__(self, workdir):
+        self.root = os.path.join(workdir, "postfix")
+        self.etc = os.path.join(self.root, "etc")
+        self.queue = os.path.join(self.root, "queue")
+        self.data = os.path.join(self.root, "data")
+        self.vmail = os.path.join(self.root, "vmail")
+        self.new = os.path.join(self.vmail, "example.test", "alice", "new")
+        self.log = os.path.join(self.root, "maillog")
+        self.port = harness.free_port()
+        self.started = False
+
+    def _write_config(self):
+        for path in (self.etc, self.queue, self.data, self.vmail):
+            os.makedirs(path, exist_ok=True)
+        # Postfix daemons run as the postfix user and nobody: they need to
+        # traverse the temporary directories.
+        path = self.root
+        while path != "/" and path.startswith(tempfile.gettempdir() + os.sep):
+            os.chmod(path, 0o755)
+            path = os.path.dirname(path)
+        os.chown(self.vmail, VMAIL_UID, VMAIL_UID)
+        with open(os.path.join(self.etc, "vmailbox"), "w", encoding="ascii") as handle:
+            handle.write(f"{harness.USER} example.test/alice/\n")
+        with open(os.path.join(self.etc, "main.cf"), "w", encoding="ascii") as handle:
+            handle.write(f"""\
+# A throwaway Postfix for benchmarks/inbound.py; everything else is default.
+compatibility_level = 3.6
+queue_directory = {self.queue}
+data_directory = {self.data}
+myhostname = postfix.bench.test
+mydomain = bench.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+virtual_mailbox_domains = {harness.DOMAIN}
+virtual_mailbox_base = {self.vmail}
+virtual_mailbox_maps = texthash:{self.etc}/vmailbox
+virtual_uid_maps = static:{VMAIL_UID}
+virtual_gid_maps = static:{VMAIL_UID}
+maillog_file = {self.log}
+maillog_file_prefixes = {self.root}
+""")
+        # The services of Debian's master.cf that this needs, none chrooted
+        # (a chroot would want copies of /etc files in the queue directory).
+        services = [
+            (f"127.0.0.1:{self.port}", "inet", "n", "-", "n", "-", "-", "smtpd"),
+            ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
+            ("cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"),
+            ("qmgr", "unix", "n", "-", "n", "300", "1", "qmgr"),
+            ("rewrite", "unix", "-", "-", "n", "-", "-", "trivial-rewrite"),
+            ("bounce", "unix", "-", "-", "n", "-", "0", "bounce"),
+            ("defer", "unix", "-", "-", "n", "-", "0", "bounce"),
+            ("trace", "unix", "-", "-", "n", "-", "0", "bounce"),
+            ("verify", "unix", "-", "-", "n", "-", "1", "verify"),
+            ("flush", "unix", "n", "-", "n", "1000?", "0", "flush"),
+            ("proxymap", "unix", "-", "-", "n", "-", "-", "proxymap"),
+            ("proxywrite", "unix", "-", "-", "n", "-", "1", "proxymap"),
+            ("smtp", "unix", "-", "-", "n", "-", "-", "smtp"),
+            ("relay", "unix", "-", "-", "n", "-", "-", "smtp"),
+            ("showq", "unix", "n", "-", "n", "-", "-", "showq"),
+            ("error", "unix", "-", "-", "n", "-", "-", "error"),
+            ("retry", "unix", "-", "-", "n", "-", "-", "error"),
+            ("discard", "unix", "-", "-", "n", "-", "-", "discard"),
+            ("local", "unix", "-", "n", "n", "-", "-", "local"),
+            ("virtual", "unix", "-", "n", "n", "-", "-", "virtual"),
+            ("anvil", "unix", "-", "-", "n", "-", "1", "anvil"),
+            ("scache", "unix", "-", "-", "n", "-", "1", "scache"),
+            ("postlog", "unix-dgram", "n", "-", "n", "-", "1", "postlogd"),
+        ]
+        with open(os.path.join(self.etc, "master.cf"), "w", encoding="ascii") as handle:
+            for service in services:
+                handle.write(" ".join(f"{field:<10}" for field in service).rstrip() + "\n")
+
+    def _postfix(self, *command: str, check: bool = True):
+        result = subprocess.run([POSTFIX, "-c", self.etc, *command], capture_output=True, text=True,
+                                timeout=120, stdin=subprocess.DEVNULL)
+        if check and result.returncode:
+            raise RuntimeError(f"postfix {' '.join(command)} failed ({result.returncode}): "
+                               f"{result.stdout}{result.stderr}\n{harness.tail(self.log)}")
+        return result
+
+    def __enter__(self):
+        self._write_config()
+        self._postfix("set-permissions", check=False)
+        try:
+            self._postfix("start")
+            self.started = True
+            harness.wait_for_port(self.port, 30)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _master_pid(self) -> int | None:
+        try:
+            with open(os.path.join(self.queue, "pid", "master.pid"), encoding="ascii") as handle:
+                return int(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __exit__(self, *exc_info):
+        pid = self._master_pid()
+        self._postfix("stop", check=False)
+        if pid is not None and not harness.wait_until(lambda: not _alive(pid), 30, 0.1):
+            self._postfix("abort", check=False)
+            if not harness.wait_until(lambda: not _alive(pid), 10, 0.1):
+                os.kill(pid, 9)
+        self.started = False
+        return False
+
+    def count(self) -> int:
+        return count_files(self.new)
+
+    def log_tail(self) -> str:
+        return harness.tail(self.log)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie that nobody reaps counts as stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class AiosmtpdServer:
+    name = "aiosmtpd"
+    detail = "Maildir handler, fsync file + directory in a thread pool before 250"
+
+    def __init__(self, workdir):
+        self.root = os.path.join(workdir, "aiosmtpd")
+        self.maildir = os.path.join(self.root, "Maildir")
+        self.new = os.path.join(self.maildir, "new")
+        self.log = os.path.join(self.root, "server.log")
+        self.port = harness.free_port()
+        self.process = None
+
+    def __enter__(self):
+        os.makedirs(self.root, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, os.path.join(HERE, "maildir_aiosmtpd.py"), "--port", str(self.port),
+                 "--maildir", self.maildir],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+        try:
+            if not harness.wait_until(lambda: "ready" in harness.tail(self.log) or self.process.poll() is not None,
+                                      30, 0.05) or self.process.poll() is not None:
+                raise RuntimeError(f"aiosmtpd did not start:\n{harness.tail(self.log)}")
+            harness.wait_for_port(self.port, 10, self.process)
+        except BaseException:
+            harness.stop_process(self.process)
+            raise
+        return self
+
+    def __exit__(self, *exc_info):
+        harness.stop_process(self.process)
+        return False
+
+    def count(self) -> int:
+        return count_files(self.new)
+
+    def log_tail(self) -> str:
+        return harness.tail(self.log)
+
+
+# -- one run ---------------------------------------------------------------------
+
+class Run:
+    def __init__(self, server: str, messages: int):
+        self.server = server
+        self.messages = messages
+        self.stored = 0
+        self.seconds = 0.0
+        self.source_seconds = 0.0
+        self.errors: list[str] = []
+
+    @property
+    def complete(self) -> bool:
+        return self.stored >= self.messages and not self.errors
+
+    @property
+    def rate(self) -> float:
+        return self.stored / self.seconds if self.seconds else 0.0
+
+
+def measure(server, args, log_path: str) -> Run:
+    """Load `server` (started) with smtp-source and wait until every message is stored."""
+    run = Run(server.name, args.messages)
+    before = server.count()
+    command = [SMTP_SOURCE, "-l", str(args.size), "-m", str(args.messages), "-s", str(args.sessions),
+               "-f", SENDER, "-t", harness.USER]
+    if args.reuse:
+        command.append("-d")
+    command.append(f"127.0.0.1:{server.port}")
+    with open(log_path, "wb") as log:
+        started = time.monotonic()
+        source = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            status = source.wait(args.timeout)
+        except subprocess.TimeoutExpired:
+            source.kill()
+            source.wait(10)
+            status = None
+        run.source_seconds = time.monotonic() - started
+    if status is None:
+        run.errors.append(f"smtp-source did not finish within {args.timeout:.0f} s")
+    elif status:
+        run.errors.append(f"smtp-source exited with status {status}")
+    output = harness.tail(log_path, 2000)
+    run.errors.extend(line.strip() for line in output.splitlines()
+                      if re.search(r"\b(fatal|error|warning)\b", line, re.I))
+    target = before + args.messages
+    done = harness.wait_until(lambda: server.count() >= target, args.settle_timeout if status == 0 else 5, 0.02)
+    run.seconds = time.monotonic() - started
+    run.stored = server.count() - before
+    if not done:
+        run.errors.append(f"only {run.stored} of {args.messages} messages stored")
+    return run
+
+
+def start(name: str, workdir: str, profile: str | None):
+    if name == "emailsvc":
+        return EmailsvcServer(workdir, profile)
+    if name == "postfix":
+        return PostfixServer(workdir)
+    return AiosmtpdServer(workdir)
+
+
+# -- report ----------------------------------------------------------------------
+
+def summarize(runs: dict[str, list[Run]]) -> dict[str, float | None]:
+    medians = {}
+    for name, items in runs.items():
+        good = [run.rate for run in items if run.complete]
+        medians[name] = statistics.median(good) if good and len(good) == len(items) else None
+    return medians
+
+
+def figures(args, runs, medians, command: str) -> str:
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"Measured {when} on {harness.machine()} (the figures are noisy; the ratios count)::",
+        "",
+        f"    {command}",
+        "",
+        f"{args.messages} messages of {args.size} bytes of body, {args.sessions} parallel sessions"
+        f" ({'several messages per connection' if args.reuse else 'one connection per message'}),"
+        f" {args.rounds} round(s), median:",
+        "",
+        "=========  ==========  ===============  ==================================================",
+        "server     msgs/s      rounds (msgs/s)  how",
+        "=========  ==========  ===============  ==================================================",
+    ]
+    details = {"emailsvc": EmailsvcServer.detail, "postfix": PostfixServer.detail, "aiosmtpd": AiosmtpdServer.detail}
+    for name, items in runs.items():
+        median = medians[name]
+        each = " ".join(f"{run.rate:.0f}" if run.complete else "fail" for run in items)
+        lines.append(f"{name:<9}  {median:>10.1f}  {each:<15}  {details[name]}" if median is not None
+                     else f"{name:<9}  {'failed':>10}  {each:<15}  {details[name]}")
+    lines.append("=========  ==========  ===============  ==================================================")
+    lines.append("")
+    ours = medians.get("emailsvc")
+    for name in ("postfix", "aiosmtpd"):
+        if name in medians:
+            if ours and medians[name]:
+                lines.append(f"- emailsvc / {name}: **{ours / medians[name]:.2f}x**")
+            else:
+                lines.append(f"- emailsvc / {name}: n/a (a run failed)")
+    return "\n".join(lines) + "\n"
+
+
+def write_readme(text: str) -> None:
+    try:
+        with open(README, encoding="utf-8") as handle:
+            current = handle.read()
+    except FileNotFoundError:
+        current = ""
+    block = f"{BEGIN}\n\n{text}\n{END}"
+    if BEGIN in current and END in current:
+        head, rest = current.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        updated = head + block + tail
+    else:
+        updated = current.rstrip("\n") + ("\n\n" if current else "") + "Latest inbound figures\n" \
+            "----------------------\n\n" + block + "\n"
+    with open(README, "w", encoding="utf-8") as handle:
+        handle.write(updated)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=5120, help="body bytes per message (smtp-source -l)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per server, interleaved; the median counts")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of "
+                        + ", ".join(SERVERS))
+    parser.add_argument("--reuse", action="store_true", help="several messages per connection (smtp-source -d)")
+    parser.add_argument("--timeout", type=float, default=900, help="limit for one smtp-source run, seconds")
+    parser.add_argument("--settle-timeout", type=float, default=300,
+                        help="how long to wait for delivery after smtp-source ends, seconds")
+    parser.add_argument("--profile", metavar="FILE", help="run emailsvc under cProfile (twistd --profile), "
+                        "stats saved to FILE.<round>; the figures are then not comparable")
+    parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.rst")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
+    if not servers or any(name not in SERVERS for name in servers):
+        parser.error(f"--servers takes names among {', '.join(SERVERS)}")
+    if not (1 <= args.messages <= 1_000_000 and 1 <= args.sessions <= 200 and 1 <= args.rounds <= 20
+            and 100 <= args.size <= 10_000_000):
+        parser.error("--messages 1..1000000, --sessions 1..200, --rounds 1..20, --size 100..10000000")
+    ensure_peers()
+    workdir = tempfile.mkdtemp(prefix="emailsvc-inbound-")
+    runs: dict[str, list[Run]] = {name: [] for name in servers}
+    try:
+        for round_number in range(1, args.rounds + 1):
+            for name in servers:
+                where = os.path.join(workdir, f"round{round_number}")
+                os.makedirs(where, exist_ok=True)
+                profile = f"{args.profile}.{round_number}" if args.profile and name == "emailsvc" else None
+                print(f"round {round_number}/{args.rounds}: {name} ...", end=" ", flush=True)
+                with start(name, where, profile) as server:
+                    run = measure(server, args, os.path.join(where, f"{name}-smtp-source.log"))
+                    if not run.complete:
+                        run.errors.append("server log:\n" + server.log_tail())
+                runs[name].append(run)
+                print(f"{run.stored} stored in {run.seconds:.2f} s = {run.rate:.1f} msgs/s"
+                      f" (smtp-source done after {run.source_seconds:.2f} s)")
+                for error in run.errors[:10]:
+                    print(f"    {error}")
+                # Each run writes ~{messages} files; do not let rounds fill the disk.
+                if not args.keep:
+                    shutil.rmtree(where, ignore_errors=True)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    medians = summarize(runs)
+    print()
+    for name in servers:
+        value = medians[name]
+        print(f"{name:<9} {value:8.1f} msgs/s (median of {args.rounds})" if value is not None
+              else f"{name:<9}   failed")
+    ours = medians.get("emailsvc")
+    for name in ("postfix", "aiosmtpd"):
+        if ours and medians.get(name):
+            print(f"emailsvc / {name}: {ours / medians[name]:.2f}x")
+    command = "python benchmarks/inbound.py" + "".join(f" {arg}" for arg in (argv if argv is not None else sys.argv[1:]))
+    if not args.no_readme and not args.profile:
+        write_readme(figures(args, runs, medians, command))
+        print(f"wrote {os.path.relpath(README)}")
+    return 0 if all(value is not None for value in medians.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
