@@ -114,6 +114,13 @@ class IMailStore(Interface):
     def get_special_mailbox(user_id, special_use):
         """@return: Deferred firing with the mailbox having that special use (e.g. "\\\\Junk"), or None."""
 
+    def delivery_mailbox(user_id, special_use=None):
+        """The id of the mailbox with `special_use` (e.g. "\\Junk"), else of INBOX.
+
+        A cheap lookup for delivery (no counts). @return: Deferred firing
+        with the id, or None when the user has no INBOX.
+        """
+
     def create_mailbox(user_id, name, special_use=None):
         """Create `name` and any missing parents. @return: Deferred firing with the `Mailbox`."""
 

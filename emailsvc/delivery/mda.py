@@ -17,7 +17,6 @@ from emailsvc.store.parse import parse_message
 
 # Parsing costs ~0.2 ms for typical mail; only large messages go to a thread.
 _PARSE_IN_THREAD = 256 * 1024
-INBOX = "INBOX"
 JUNK = "\\Junk"
 
 
@@ -41,8 +40,12 @@ class MDA:
         message = return_path(sender) + message
         targets = []
         for user_id in dict.fromkeys(user_ids):
-            mailbox = yield self._target(user_id, junk)
-            targets.append((mailbox.id, ()))
+            mailbox_id = yield self._mail.delivery_mailbox(user_id, JUNK if junk else None)
+            if mailbox_id is None:
+                # A user made without the admin tool has no mailboxes yet.
+                yield self._mail.provision_user(user_id)
+                mailbox_id = yield self._mail.delivery_mailbox(user_id, JUNK if junk else None)
+            targets.append((mailbox_id, ()))
         if len(message) > _PARSE_IN_THREAD:
             parsed = yield deferToThreadPool(self._reactor, self._reactor.getThreadPool(), parse_message, message)
         else:
@@ -50,16 +53,3 @@ class MDA:
         key = yield self._blobs.put(message)
         records = yield self._mail.deliver(targets, Content(blob_key=key, size=len(message), parsed=parsed))
         return records
-
-    @defer.inlineCallbacks
-    def _target(self, user_id, junk):
-        if junk:
-            mailbox = yield self._mail.get_special_mailbox(user_id, JUNK)
-            if mailbox is not None:
-                return mailbox
-        mailbox = yield self._mail.get_mailbox(user_id, INBOX)
-        if mailbox is None:
-            # A user made without the admin tool has no mailboxes yet.
-            yield self._mail.provision_user(user_id)
-            mailbox = yield self._target(user_id, junk)
-        return mailbox

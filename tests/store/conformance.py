@@ -141,6 +141,11 @@ class StoreConformance:
         )
         junk = yield self.mail.get_special_mailbox(USER, "\\Junk")
         self.assertEqual(junk.name, "Junk")
+        self.assertEqual((yield self.mail.delivery_mailbox(USER, "\\Junk")), junk.id)
+        inbox = yield self.mail.get_mailbox(USER, "INBOX")
+        self.assertEqual((yield self.mail.delivery_mailbox(USER)), inbox.id)
+        self.assertEqual((yield self.mail.delivery_mailbox(USER, "\\All")), inbox.id)
+        self.assertIsNone((yield self.mail.delivery_mailbox(OTHER_USER)))
         self.assertEqual((yield self.mail.list_mailboxes(OTHER_USER)), [])
 
     @defer.inlineCallbacks

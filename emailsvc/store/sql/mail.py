@@ -116,7 +116,7 @@ class SQLMailStore:
     def provision_user(self, user_id):
         def provision(connection):
             for name, use in DEFAULT_MAILBOXES:
-                if not self._find(connection, user_id, name):
+                if not self._exists(connection, user_id, name):
                     self._create(connection, user_id, name, use)
 
         return self._db.write(provision)
@@ -143,6 +143,22 @@ class SQLMailStore:
             return defer.succeed(None)
         return self._db.read(self._find, user_id, name)
 
+    def delivery_mailbox(self, user_id, special_use=None):
+        def query(connection):
+            if special_use is not None:
+                row = connection.execute(
+                    "SELECT id FROM mailboxes WHERE user_id = ? AND special_use = ? ORDER BY id LIMIT 1",
+                    (user_id, special_use),
+                ).fetchone()
+                if row:
+                    return row[0]
+            row = connection.execute(
+                "SELECT id FROM mailboxes WHERE user_id = ? AND name = ?", (user_id, INBOX)
+            ).fetchone()
+            return row[0] if row else None
+
+        return self._db.read(query)
+
     def get_special_mailbox(self, user_id, special_use):
         def query(connection):
             return _mailbox(connection.execute(
@@ -158,7 +174,7 @@ class SQLMailStore:
             name = normalize_mailbox_name(name)
             if special_use is not None and special_use not in SPECIAL_USES:
                 raise InvalidName(f"unknown special use: {special_use}")
-            if self._find(connection, user_id, name):
+            if self._exists(connection, user_id, name):
                 raise AlreadyExists(f"mailbox {name} exists already")
             self._create_parents(connection, user_id, name)
             return self._create(connection, user_id, name, special_use)
@@ -176,7 +192,7 @@ class SQLMailStore:
             source = self._find(connection, user_id, old)
             if source is None:
                 raise NotFound(f"no such mailbox: {old}")
-            if self._find(connection, user_id, new):
+            if self._exists(connection, user_id, new):
                 raise AlreadyExists(f"mailbox {new} exists already")
             self._create_parents(connection, user_id, new)
             if old == INBOX:
@@ -208,7 +224,7 @@ class SQLMailStore:
             name = normalize_mailbox_name(name)
             if name == INBOX:
                 raise InvalidName("INBOX cannot be deleted")
-            if self._find(connection, user_id, name) is None:
+            if not self._exists(connection, user_id, name):
                 raise NotFound(f"no such mailbox: {name}")
             prefix = name + DELIMITER
             connection.execute(
@@ -230,6 +246,12 @@ class SQLMailStore:
                 raise NotFound(f"no such mailbox: {name}")
 
         return self._db.write(update)
+
+    @staticmethod
+    def _exists(connection, user_id, name) -> bool:
+        return connection.execute(
+            "SELECT 1 FROM mailboxes WHERE user_id = ? AND name = ?", (user_id, name)
+        ).fetchone() is not None
 
     @staticmethod
     def _find(connection, user_id, name) -> Mailbox | None:
@@ -262,7 +284,7 @@ class SQLMailStore:
         parts = name.split(DELIMITER)
         for depth in range(1, len(parts)):
             parent = DELIMITER.join(parts[:depth])
-            if not self._find(connection, user_id, parent):
+            if not self._exists(connection, user_id, parent):
                 self._create(connection, user_id, parent, None)
 
     # Messages
