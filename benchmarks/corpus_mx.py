@@ -1,8 +1,9 @@
 """Real-world mail through the MX: send corpus messages, check every one landed.
 
 Starts the real service (`twistd -n emailsvc`) on a generated config under a
-temporary directory, creates one domain and one user with the `emailsvc`
-admin command, sends N messages from ../shared/corpus/{ham,spam} over SMTP
+temporary directory, with its default inbound checks asking a local DNS
+stand-in that answers NXDOMAIN (`--no-checks`: none), creates one domain and
+one user with the `emailsvc` admin command, sends N messages from ../shared/corpus/{ham,spam} over SMTP
 from a few parallel senders, then reads the SQLite file and the blob files to
 check that each message is in INBOX exactly once, byte for byte, with parsed
 metadata.  Prints counts, msgs/s and every failure.
@@ -17,6 +18,7 @@ a parser crash (its "parse failed" fallback) is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -188,6 +190,9 @@ def main(argv=None) -> int:
     parser.add_argument("-n", "--messages", type=int, default=2000, help="messages to send (default 2000)")
     parser.add_argument("--senders", type=int, default=4, help="parallel SMTP sessions (default 4)")
     parser.add_argument("--timeout", type=float, default=600, help="stop sending after this many seconds")
+    parser.add_argument("--no-checks", action="store_true",
+                        help="run no inbound checks (default: the service's default checks, DNS answered"
+                             " NXDOMAIN by a local stand-in)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     if not 1 <= args.messages <= 100_000:
@@ -197,8 +202,15 @@ def main(argv=None) -> int:
     messages = load_corpus(args.messages)
     workdir = tempfile.mkdtemp(prefix="emailsvc-corpus-")
     try:
-        with harness.Emailsvc(workdir) as server:
-            print(f"emailsvc on 127.0.0.1:{server.port}, data in {workdir}")
+        with contextlib.ExitStack() as stack:
+            if args.no_checks:
+                server = harness.Emailsvc(workdir)
+            else:
+                dns = stack.enter_context(harness.NXDomainDNS(workdir))
+                server = harness.Emailsvc(workdir, checks=None, nameservers=[dns.nameserver])
+            stack.enter_context(server)
+            print(f"emailsvc on 127.0.0.1:{server.port}, data in {workdir}, "
+                  + ("no checks" if args.no_checks else f"default checks, DNS stand-in on {dns.nameserver}"))
             print(f"sending {len(messages)} corpus messages "
                   f"({sum(len(data) for _, data in messages) / 1e6:.1f} MB) from {args.senders} senders")
             started = time.monotonic()

@@ -84,7 +84,7 @@ class Emailsvc:
     """
 
     def __init__(self, workdir: str, *, max_connections_per_ip: int = 20, profile: str | None = None,
-                 password: str = "bench-password", checks: list[str] | None = None,
+                 password: str = "bench-password", checks: list[str] | None = (),
                  nameservers: list[str] | None = None):
         self.workdir = os.path.abspath(workdir)
         self.data = os.path.join(self.workdir, "var")
@@ -97,9 +97,10 @@ class Emailsvc:
         self.profile = profile
         self.process = None
         self.max_connections_per_ip = max_connections_per_ip
-        # No inbound checks unless asked: the peers do no SPF/DKIM/DMARC, and
-        # this sandbox reaches no DNS server (each lookup would time out).
-        self.checks = list(checks or [])
+        # `checks` lists the inbound checks to enable; None keeps the service's
+        # default list.  By default none run: the peers do no SPF/DKIM/DMARC,
+        # and without `nameservers` (NXDomainDNS) every DNS lookup times out.
+        self.checks = None if checks is None else list(checks)
         self.nameservers = list(nameservers or [])
 
     def write_config(self) -> None:
@@ -131,10 +132,9 @@ tls = "none"
 nameservers = {_toml_list(self.nameservers)}
 timeout = 1.0
 attempts = 1
-
-[checks]
-enabled = {_toml_list(self.checks)}
 """)
+            if self.checks is not None:
+                handle.write(f"\n[checks]\nenabled = {_toml_list(self.checks)}\n")
 
     def admin(self, *args: str, stdin: str | None = None) -> None:
         command = [os.path.join(BIN, "emailsvc"), "--config", self.config, *args]

@@ -25,6 +25,7 @@ stopped at the end, also on error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import os
@@ -86,23 +87,35 @@ def count_files(directory: str) -> int:
 
 class EmailsvcServer:
     name = "emailsvc"
-    detail = "embedded store (SQLite WAL synchronous=FULL + fsynced blob files)"
+    detail = "embedded store (SQLite WAL synchronous=FULL, blob files synced), no inbound checks"
 
-    def __init__(self, workdir, profile=None):
-        # smtp-source opens a connection per message, all from 127.0.0.1: a new
-        # one may arrive before the server has seen the previous one close.
-        # Postfix exempts $mynetworks from its per-client limits; the same here.
-        self.server = harness.Emailsvc(os.path.join(workdir, "emailsvc"), max_connections_per_ip=1000,
-                                       profile=profile)
+    def __init__(self, workdir, profile=None, checks=False):
+        self.root = os.path.join(workdir, "emailsvc")
+        self.profile = profile
+        self.checks = checks
+        self.stack = contextlib.ExitStack()
+        self.server = None
 
     def __enter__(self):
-        os.makedirs(self.server.workdir, exist_ok=True)
-        self.server.__enter__()
-        self.port = self.server.port
+        os.makedirs(self.root, exist_ok=True)
+        with self.stack as stack:
+            options = {}
+            if self.checks:
+                # The default checks, asking a DNS stand-in that answers at once.
+                dns = stack.enter_context(harness.NXDomainDNS(self.root))
+                options = {"checks": None, "nameservers": [dns.nameserver]}
+            # smtp-source opens a connection per message, all from 127.0.0.1: a
+            # new one may arrive before the server has seen the previous one
+            # close.  Postfix exempts $mynetworks from its per-client limits.
+            self.server = stack.enter_context(harness.Emailsvc(
+                self.root, max_connections_per_ip=1000, profile=self.profile, **options))
+            self.port = self.server.port
+            self.stack = stack.pop_all()
         return self
 
     def __exit__(self, *exc_info):
-        return self.server.__exit__(*exc_info)
+        self.stack.close()
+        return False
 
     def count(self) -> int:
         return self.server.inbox_count()
@@ -340,9 +353,9 @@ def measure(server, args, log_path: str) -> Run:
     return run
 
 
-def start(name: str, workdir: str, profile: str | None):
+def start(name: str, workdir: str, profile: str | None = None, checks: bool = False):
     if name == "emailsvc":
-        return EmailsvcServer(workdir, profile)
+        return EmailsvcServer(workdir, profile, checks)
     if name == "postfix":
         return PostfixServer(workdir)
     return AiosmtpdServer(workdir)
@@ -423,6 +436,9 @@ def main(argv=None) -> int:
                         help="how long to wait for delivery after smtp-source ends, seconds")
     parser.add_argument("--profile", metavar="FILE", help="run emailsvc under cProfile (twistd --profile), "
                         "stats saved to FILE.<round>; the figures are then not comparable")
+    parser.add_argument("--checks", action="store_true",
+                        help="run emailsvc's default inbound checks (SPF, DKIM, DMARC, rDNS) against a local"
+                             " DNS stand-in that answers NXDOMAIN; the peers do no such checks")
     parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.rst")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
@@ -442,7 +458,7 @@ def main(argv=None) -> int:
                 os.makedirs(where, exist_ok=True)
                 profile = f"{args.profile}.{round_number}" if args.profile and name == "emailsvc" else None
                 print(f"round {round_number}/{args.rounds}: {name} ...", end=" ", flush=True)
-                with start(name, where, profile) as server:
+                with start(name, where, profile, args.checks) as server:
                     run = measure(server, args, os.path.join(where, f"{name}-smtp-source.log"))
                     if not run.complete:
                         run.errors.append("server log:\n" + server.log_tail())
@@ -469,8 +485,9 @@ def main(argv=None) -> int:
     for name in ("postfix", "aiosmtpd"):
         if ours and medians.get(name):
             print(f"emailsvc / {name}: {ours / medians[name]:.2f}x")
-    command = "python benchmarks/inbound.py" + "".join(f" {arg}" for arg in (argv if argv is not None else sys.argv[1:]))
-    if not args.no_readme and not args.profile:
+    arguments = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python benchmarks/inbound.py", *arguments])
+    if not args.no_readme and not args.profile and not args.checks:
         write_readme(figures(args, runs, medians, command))
         print(f"wrote {os.path.relpath(README)}")
     return 0 if all(value is not None for value in medians.values()) else 1

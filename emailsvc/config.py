@@ -72,6 +72,7 @@ class PostgreSQLConfig:
 @dataclass(frozen=True)
 class FilesystemBlobConfig:
     path: str = "var/blobs"
+    sync: Literal["auto", "fsync"] = "auto"
 
 
 @dataclass(frozen=True)
