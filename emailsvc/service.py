@@ -259,11 +259,16 @@ PROTOCOLS = {"smtp": _smtp, "https": _https, "metrics": _metrics}
 
 
 class BuildContext:
-    """What a protocol builder may use: config, reactor, store, TLS, tracker."""
+    """What a protocol builder may use: config, reactor, store, checks, TLS,
+    the in-flight tracker and the login throttle shared by all protocols."""
 
     def __init__(self, config, reactor, store, checks, tls_context, inflight):
+        from emailsvc.cred.throttle import AuthThrottle
+
         self.config = config
         self.checks = checks
+        self.throttle = AuthThrottle(reactor, config.auth.max_failures, config.auth.failure_window,
+                                     config.auth.lockout)
         self.reactor = reactor
         self.store = store
         self.tls_context = tls_context
