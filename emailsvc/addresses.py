@@ -1,4 +1,6 @@
 """Normalising mail addresses and domain names (IDN-aware)."""
+import functools
+
 import idna
 
 from emailsvc.errors import InvalidName
@@ -6,6 +8,7 @@ from emailsvc.errors import InvalidName
 _LOCAL_FORBIDDEN = set(' \t\r\n"(),:;<>@[\\]') | {chr(c) for c in range(32)} | {"\x7f"}
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_domain(domain: str) -> str:
     """Lower-case Unicode (U-label) form of a domain; raises InvalidName."""
     candidate = domain.strip().rstrip(".")

@@ -1,15 +1,14 @@
 """Trace fields added at delivery: Received (RFC 5321 4.4) and Return-Path."""
 from __future__ import annotations
 
-import secrets
+import base64
+import os
 from email.utils import formatdate
-
-_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
 
 
 def queue_id() -> str:
-    """A short unique id that names one message in logs and replies."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(14))
+    """A short unique id (80 random bits) that names one message in logs and replies."""
+    return base64.b32encode(os.urandom(10)).decode("ascii")
 
 
 def _clean(text: str) -> str:
