@@ -99,7 +99,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    protocol: Literal["smtp", "https", "metrics"] = "smtp"
+    protocol: Literal["smtp", "submission", "imap", "pop3", "https", "metrics"] = "smtp"
     address: str = "127.0.0.1"
     port: int = field(default=0, metadata=_range(0, 65535))
     tls: Literal["none", "starttls", "implicit"] = "none"
@@ -115,6 +115,17 @@ class SMTPConfig:
     max_connections: int = field(default=1000, metadata=_range(1))
     max_connections_per_ip: int = field(default=20, metadata=_range(1))
     max_errors: int = field(default=10, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class POP3Config:
+    """POP3 per-connection limits."""
+
+    idle_timeout: float = field(default=600.0, metadata=_range(1))
+    max_line_length: int = field(default=1024, metadata=_range(255))
+    max_auth_line_length: int = field(default=8192, metadata=_range(255))
+    max_errors: int = field(default=20, metadata=_range(1))
+    max_buffered_input: int = field(default=64 * 1024, metadata=_range(1024))
 
 
 @dataclass(frozen=True)
@@ -190,14 +201,45 @@ class ChecksConfig:
 
 
 @dataclass(frozen=True)
+class SubmissionConfig:
+    """The submission listeners (RFC 6409: 587 STARTTLS, 465 implicit TLS)."""
+
+    max_messages_per_hour: int = field(default=0, metadata=_range(0))
+    """Messages one user may submit in any hour (0: no limit)."""
+
+
+_DKIM_SIGNED_HEADERS = [
+    "from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc",
+    "mime-version", "content-type", "content-transfer-encoding", "content-id",
+    "content-description", "in-reply-to", "references", "list-id", "list-help",
+    "list-unsubscribe", "list-unsubscribe-post", "list-subscribe", "list-post",
+    "list-owner", "list-archive",
+]
+
+
+@dataclass(frozen=True)
+class DKIMSigningConfig:
+    """DKIM signing of mail sent by our users (verification is [checks.dkim])."""
+
+    enabled: bool = True
+    key_dir: str = ""
+    """Where keys live, one directory per domain; empty: {server.data_dir}/dkim."""
+    headers: list[str] = field(default_factory=lambda: list(_DKIM_SIGNED_HEADERS))
+    oversign: list[str] = field(default_factory=lambda: ["from", "subject", "date", "to", "cc", "reply-to"])
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
     tls: TLSConfig = TLSConfig()
     store: StoreConfig = StoreConfig()
     smtp: SMTPConfig = SMTPConfig()
     auth: AuthConfig = AuthConfig()
+    pop3: POP3Config = POP3Config()
     dns: DNSConfig = DNSConfig()
     checks: ChecksConfig = ChecksConfig()
+    submission: SubmissionConfig = SubmissionConfig()
+    dkim: DKIMSigningConfig = DKIMSigningConfig()
     listeners: dict[str, ListenerConfig] = field(default_factory=dict)
     path: str = field(default="", metadata={"internal": True})
 
@@ -306,6 +348,9 @@ def _check(config: Config, reader: _Reader):
         bound.setdefault(where, name)
         if listener.protocol in ("metrics",) and listener.tls != "none":
             reader.problem(f"{key}.tls", f"must be 'none' for protocol {listener.protocol!r}")
+        if listener.protocol == "submission" and listener.tls == "none":
+            # RFC 8314: credentials never travel in clear text.
+            reader.problem(f"{key}.tls", "must be 'starttls' or 'implicit' for protocol 'submission'")
         if listener.protocol == "https" and listener.tls == "starttls":
             reader.problem(f"{key}.tls", "must be 'implicit' or 'none' for protocol 'https'")
 

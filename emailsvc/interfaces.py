@@ -181,6 +181,43 @@ class IMailStore(Interface):
         that nothing references. @return: Deferred firing with the number of blobs removed.
         """
 
+    notifier = Attribute(
+        "An emailsvc.store.notify.Notifier: after each committed change it publishes the ids"
+        " of the mailboxes whose messages changed (added, flagged, expunged) or that were deleted."
+    )
+
+    indexed_headers = Attribute(
+        "Lower-case names of the header fields `search` can match (\"header\" criteria)."
+    )
+
+    def mailbox_changes(mailbox_id, since_modseq=0):
+        """What changed in a mailbox after `since_modseq`, read in one snapshot.
+
+        @return: Deferred firing with (`Mailbox`, `MessageRecord`s with a MODSEQ
+            above `since_modseq` in UID order, UIDs expunged above it (none
+            when `since_modseq` is 0)); fails with NotFound when the mailbox is gone.
+        """
+
+    def get_parsed(content_ids, fields=()):
+        """Top-level fields of the parsed summaries of some contents.
+
+        @return: Deferred firing with {content_id: (blob_key, {field: value or None})}.
+        """
+
+    def search(mailbox_id, criteria, sort=None):
+        """Messages of a mailbox matching a criteria tree (see emailsvc.store.sql.search).
+
+        @param sort: None (UID order) or a list of (key, reverse) pairs.
+        @return: Deferred firing with a list of (UID, MODSEQ); fails with
+            InvalidName on a malformed tree.
+        """
+
+    def record_feedback(user_id, content_ids, verdict):
+        """Remember that a user judged contents "spam" or "ham" (Junk moves). @return: Deferred."""
+
+    def list_feedback(user_id):
+        """@return: Deferred firing with the user's (content_id, verdict, time) in order."""
+
 
 class IMetadataBackend(Interface):
     """A SQL engine with the directory and mail store on it.
@@ -261,3 +298,20 @@ class ICheck(Interface):
 
     name = Attribute("The check's name (str): its key in checks.enabled and checks.actions.")
     stages = Attribute('The stages it runs at, a tuple drawn from "connect", "helo", "mail", "rcpt", "data".')
+
+
+class ISubmitter(Interface):
+    """The avatar of a user authenticated on a submission listener (SMTP AUTH).
+
+    The cred realm makes one per login; the submission session asks it which
+    addresses the user may send as.
+    """
+
+    user = Attribute("The authenticated `User`.")
+
+    def owns(address):
+        """Whether the user may send as `address` (str): their own address,
+        or an alias (not a catch-all) that delivers to them.
+
+        @return: Deferred firing with a bool.
+        """

@@ -242,6 +242,51 @@ def _smtp(context, listener):
     )
 
 
+def _submission(context, listener):
+    from twisted.cred.portal import Portal
+
+    from emailsvc.cred.checker import DirectoryChecker
+    from emailsvc.cred.realm import MailRealm
+    from emailsvc.delivery.dkim_sign import DKIMSigner
+    from emailsvc.delivery.mda import MDA
+    from emailsvc.interfaces import ISubmitter
+    from emailsvc.smtp.submission import RateLimiter, SubmissionFactory, SubmissionSession, submitter_factory
+
+    directory = context.store.metadata.directory
+    mda = MDA(context.store.metadata.mail, context.store.blobs, context.reactor)
+    hostname = context.config.server.hostname
+    signer = DKIMSigner.from_config(context.config, context.reactor)
+    realm = MailRealm({ISubmitter: submitter_factory(directory)})
+    checker = DirectoryChecker(directory, context.throttle, context.reactor)
+    # One limiter for all submission listeners: 587 and 465 count together.
+    rate = getattr(context, "submission_rate", None)
+    if rate is None:
+        rate = context.submission_rate = RateLimiter(context.reactor, context.config.submission.max_messages_per_hour)
+
+    def session():
+        return SubmissionSession(directory=directory, mda=mda, signer=signer, hostname=hostname,
+                                 clock=context.reactor, inflight=context.inflight, rate_limiter=rate)
+
+    return SubmissionFactory(
+        session, hostname, context.config.smtp,
+        portal_for=lambda address: Portal(realm, [checker.for_client(address)]),
+        tls_context=context.tls_context if listener.tls == "starttls" else None,
+        implicit_tls=listener.tls == "implicit", clock=context.reactor,
+    )
+
+
+def _imap(context, listener):
+    from emailsvc.imap.factory import build_factory
+
+    return build_factory(context, listener)
+
+
+def _pop3(context, listener):
+    from emailsvc.pop3.factory import build_factory
+
+    return build_factory(context, listener)
+
+
 def _https(context, listener):
     from emailsvc.web.health import web_site
 
@@ -255,7 +300,9 @@ def _metrics(context, listener):
 
 
 # Protocol name (listeners.*.protocol) -> builder of its server factory.
-PROTOCOLS = {"smtp": _smtp, "https": _https, "metrics": _metrics}
+PROTOCOLS = {
+    "smtp": _smtp, "submission": _submission, "imap": _imap, "pop3": _pop3, "https": _https, "metrics": _metrics,
+}
 
 
 class BuildContext:

@@ -72,7 +72,7 @@ class ProblemTests(unittest.SynchronousTestCase):
             '[listeners.d]\nprotocol = "https"\n'
         )
         self.assertEqual(problems, [
-            "listeners.c.protocol: must be one of 'smtp', 'https', 'metrics'",
+            "listeners.c.protocol: must be one of 'smtp', 'submission', 'imap', 'pop3', 'https', 'metrics'",
             "listeners.c.port: must be from 0 to 65535, not 70000",
         ])
         problems = self.problems(

@@ -204,6 +204,19 @@ def build_parser(io: CommandIO) -> argparse.ArgumentParser:
     remove = action(alias, "remove", commands.alias_remove, "remove one destination of an alias, or all")
     remove.add_argument("source", metavar="SOURCE")
     remove.add_argument("destination", nargs="?", metavar="DESTINATION")
+
+    dkim = actions("dkim", "manage DKIM signing keys")
+    generate = dkim.add_parser(
+        "generate", help="create a signing key for a domain and print its DNS record",
+        description="Create a DKIM signing key for DOMAIN under the configured key directory "
+        "([dkim] key_dir) and print the TXT record to publish.  Every key of a domain signs.",
+    )
+    generate.add_argument("domain", metavar="DOMAIN")
+    generate.add_argument("--selector", metavar="S", help="the selector (default: ALGORITHM-YYYYMMDD)")
+    generate.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa",
+                          help="rsa (rsa-sha256, understood everywhere) or ed25519 (RFC 8463); default rsa")
+    generate.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
+    generate.set_defaults(local_operation=commands.dkim_generate)
     return parser
 
 

@@ -101,3 +101,46 @@ async def alias_remove(store, command, write):
         write(f"alias {args.source} removed")
     else:
         write(f"alias {args.source} -> {args.destination} removed")
+
+
+# DKIM keys (local: files under the configured key directory, no store)
+
+
+def dkim_generate(command, io) -> int:
+    """`dkim generate DOMAIN`: write a new signing key, print the DNS record."""
+    import os
+    import time
+
+    from emailsvc.config import ConfigError, load
+    from emailsvc.delivery import dkim_sign
+    from emailsvc.errors import InvalidName
+
+    args = command.args
+    try:
+        config = load(args.config)
+    except ConfigError as error:
+        io.stderr.write(error.render() + "\n")
+        return 1
+    try:
+        domain = normalize_domain(args.domain)
+    except InvalidName as error:
+        io.error(str(error))
+        return 1
+    key_dir = config.dkim.key_dir or os.path.join(config.server.data_dir, "dkim")
+    selector = args.selector or f"{args.algorithm}-{time.strftime('%Y%m%d', time.gmtime())}"
+    try:
+        dkim_sign.check_selector(selector)
+        key = dkim_sign.generate_key(args.algorithm, args.bits)
+        path, record = dkim_sign.write_key(key_dir, domain, selector, key)
+    except dkim_sign.DKIMKeyError as error:
+        io.error(str(error))
+        return 1
+    except OSError as error:
+        io.error(f"cannot write the key under {key_dir}: {error.strerror}")
+        return 1
+    io.stdout.write(f"{args.algorithm} key for {domain}, selector {selector}, written to {path}\n")
+    io.stdout.write("Publish this TXT record, then mail from the domain is signed with it:\n")
+    io.stdout.write(dkim_sign.zone_line(selector, domain, record) + "\n")
+    if not config.dkim.enabled:
+        io.stdout.write("Note: signing is off (dkim.enabled = false).\n")
+    return 0

@@ -1,5 +1,7 @@
 """The real `twistd -n emailsvc --config FILE` process."""
 import os
+import imaplib
+import poplib
 import signal
 import smtplib
 import socket
@@ -41,9 +43,22 @@ class TwistdTests(TwistdFixture, unittest.TestCase):
         self.admin(config, "user", "add", "alice@example.test", password=b"correct horse\n")
         process = self.start(config)
         self.wait_for_log(process, "emailsvc started")
+        insecure = ssl._create_unverified_context()
         with smtplib.SMTP("127.0.0.1", self.smtp, timeout=10) as client:
-            client.starttls(context=ssl._create_unverified_context())
+            client.starttls(context=insecure)
             client.sendmail("bob@remote.example", ["alice@example.test"], b"Subject: persisted\r\n\r\nhi\r\n")
+        with imaplib.IMAP4("127.0.0.1", self.imap, timeout=10) as imap:
+            imap.starttls(ssl_context=insecure)
+            imap.login("alice@example.test", "correct horse")
+            imap.select("INBOX")
+            _, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            self.assertEqual(data[0][1].strip(), b"Subject: persisted")
+        pop = poplib.POP3("127.0.0.1", self.pop3, timeout=10)
+        pop.stls(context=insecure)
+        pop.user("alice@example.test")
+        pop.pass_("correct horse")
+        self.assertTrue(pop.retr(1)[1][-1] == b"hi")
+        pop.quit()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)
         users = self.admin(config, "user", "list").stdout.decode()

@@ -31,7 +31,7 @@ class TwistdFixture:
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
-        self.https, self.metrics, self.smtp = free_port(), free_port(), free_port()
+        self.https, self.metrics, self.smtp, self.imap, self.pop3 = (free_port() for _ in range(5))
 
     def write_config(self, extra=""):
         path = os.path.join(self.dir, "emailsvc.toml")
@@ -53,6 +53,14 @@ port = {self.metrics}
 [listeners.mx]
 protocol = "smtp"
 port = {self.smtp}
+tls = "starttls"
+[listeners.imap]
+protocol = "imap"
+port = {self.imap}
+tls = "starttls"
+[listeners.pop3]
+protocol = "pop3"
+port = {self.pop3}
 tls = "starttls"
 {extra}""")
         return path

@@ -327,3 +327,138 @@ class StoreConformance:
         fresh = yield self.blobs.put(b"a delivery in progress")
         self.assertEqual((yield self.mail.collect_garbage(self.blobs, grace=3600)), 0)
         self.assertEqual((yield self.blobs.get(fresh)), b"a delivery in progress")
+
+    # Change notifications, snapshots, search, feedback
+
+    @defer.inlineCallbacks
+    def parsed_message(self, raw, box, flags=(), internal_date=None):
+        from emailsvc.store.parse import parse_message
+
+        key = yield self.blobs.put(raw)
+        content = Content(blob_key=key, size=len(raw), parsed=parse_message(raw))
+        record = yield self.mail.append(box.id, content, flags, internal_date)
+        return record
+
+    @defer.inlineCallbacks
+    def test_notifier_publishes_after_commit(self):
+        inbox = yield self.mailbox("INBOX")
+        other = yield self.mailbox("Other")
+        seen = []
+        subscription = self.mail.notifier.subscribe(inbox.id, seen.append)
+        self.mail.notifier.subscribe(other.id, lambda i: seen.append(-i))
+        yield self.append(inbox, count=2)
+        self.assertEqual(seen, [inbox.id, inbox.id])
+        yield self.mail.store_flags(inbox.id, [1], ["\\Deleted"], "add")
+        yield self.mail.expunge(inbox.id)
+        yield self.mail.move(inbox.id, [2], other.id)
+        self.assertEqual(seen, [inbox.id] * 5 + [-other.id])
+        subscription.cancel()
+        subscription.cancel()
+        yield self.append(inbox)
+        self.assertEqual(len(seen), 6)
+        yield self.mail.delete_mailbox(USER, "Other")
+        self.assertEqual(seen[-1], -other.id)
+        self.assertEqual(self.mail.notifier.subscribers(inbox.id), 0)
+
+    @defer.inlineCallbacks
+    def test_failed_write_publishes_nothing(self):
+        box = yield self.mailbox("INBOX")
+        seen = []
+        self.mail.notifier.subscribe(box.id, seen.append)
+        content = yield self.message()
+        yield self.assertFailure(self.mail.deliver([(box.id, ()), (999999, ())], content), NotFound)
+        self.assertEqual(seen, [])
+
+    @defer.inlineCallbacks
+    def test_mailbox_changes(self):
+        box = yield self.mailbox("INBOX")
+        yield self.append(box, count=3)
+        info, records, expunged = yield self.mail.mailbox_changes(box.id)
+        self.assertEqual(([r.uid for r in records], expunged, info.messages), ([1, 2, 3], [], 3))
+        mark = info.highestmodseq
+        yield self.mail.store_flags(box.id, [2], ["\\Deleted"], "add")
+        yield self.mail.store_flags(box.id, [3], ["\\Seen"], "add")
+        yield self.mail.expunge(box.id)
+        yield self.append(box)
+        info, records, expunged = yield self.mail.mailbox_changes(box.id, mark)
+        self.assertEqual([(r.uid, r.flags) for r in records], [(3, frozenset({"\\Seen"})), (4, frozenset())])
+        self.assertEqual(expunged, [2])
+        self.assertEqual(info.highestmodseq, max(r.modseq for r in records) + 0)
+        yield self.assertFailure(self.mail.mailbox_changes(999999), NotFound)
+
+    @defer.inlineCallbacks
+    def test_get_parsed(self):
+        box = yield self.mailbox("INBOX")
+        record = yield self.parsed_message(b"Subject: hello\r\nFrom: a@b.example\r\n\r\nbody\r\n", box)
+        found = yield self.mail.get_parsed([record.content_id, 424242], ["subject", "envelope", "nothing"])
+        key, fields = found[record.content_id]
+        self.assertEqual(list(found), [record.content_id])
+        self.assertEqual((yield self.blobs.get(key, 0, 8)), b"Subject:")
+        self.assertEqual(fields["subject"], "hello")
+        self.assertEqual(fields["envelope"][2], [[None, None, "a", "b.example"]])
+        self.assertIsNone(fields["nothing"])
+        self.assertRaises(ValueError, self.mail.get_parsed, [1], ["x'); DROP TABLE contents; --"])
+
+    @defer.inlineCallbacks
+    def test_search(self):
+        box = yield self.mailbox("INBOX")
+        day = 86400 * 20000
+        yield self.parsed_message(b"Subject: Quarterly report\r\nFrom: Alice <alice@example.test>\r\n"
+                                  b"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\nThe numbers are in.\r\n",
+                                  box, ["\\Seen", "$Work"], day)
+        yield self.parsed_message(b"Subject: lunch?\r\nFrom: bob@example.test\r\nX-Custom: yes\r\n\r\n"
+                                  b"Sandwiches at noon. \xc3\x9cber gut.\r\n", box, ["\\Flagged"], day + 86400)
+        yield self.parsed_message(b"Subject: Re: Quarterly report\r\nFrom: carol@example.test\r\n\r\n"
+                                  + b"x" * 5000 + b"\r\n", box, (), day + 2 * 86400)
+
+        def uids(criteria, sort=None):
+            return self.mail.search(box.id, criteria, sort).addCallback(lambda rows: [uid for uid, _ in rows])
+
+        cases = [
+            (("all",), [1, 2, 3]),
+            (("flag", "\\seen", True), [1]),
+            (("flag", "\\Seen", False), [2, 3]),
+            (("flag", "$work", True), [1]),
+            (("flag", "$Other", False), [1, 2, 3]),
+            (("flag", "\\Recent", True), []),
+            (("uid", ((2, None),)), [2, 3]),
+            (("uid", tuple((n, n) for n in range(1, 40, 2))), [1, 3]),
+            (("internal_date", day + 86400, None), [2, 3]),
+            (("internal_date", None, day + 86400), [1]),
+            (("sent_date", 1704067200, 1704153600), [1]),
+            (("size", 1000, None), [3]),
+            (("size", None, 1000), [1, 2]),
+            (("header", "subject", "QUARTERLY"), [1, 3]),
+            (("header", "from", "alice@"), [1]),
+            (("header", "cc", ""), []),
+            (("header", "subject", ""), [1, 2, 3]),
+            (("text", "numbers"), [1]),
+            (("text", "über"), [2]),
+            (("body", "at"), [2]),
+            (("text", 'quote"d'), []),
+            (("not", ("header", "subject", "report")), [2]),
+            (("or", (("flag", "\\Flagged", True), ("size", 1000, None))), [2, 3]),
+            (("and", (("header", "subject", "report"), ("not", ("flag", "\\Seen", True)))), [3]),
+            (("modseq", 4), [3]),
+        ]
+        for criteria, expected in cases:
+            self.assertEqual((yield uids(criteria)), expected, criteria)
+        self.assertEqual((yield uids(("all",), [("size", True)])), [3, 1, 2])
+        self.assertEqual((yield uids(("all",), [("subject", False), ("arrival", True)])), [2, 3, 1])
+        self.assertEqual((yield uids(("all",), [("from", False)])), [1, 2, 3])
+        deep = ("all",)
+        for _ in range(100):
+            deep = ("not", deep)
+        for bad in [("bogus",), ("header", "x-custom", "yes"), deep, "all"]:
+            yield self.assertFailure(self.mail.search(box.id, bad), InvalidName)
+        yield self.assertFailure(self.mail.search(box.id, ("all",), [("colour", False)]), InvalidName)
+        self.assertIn("subject", self.mail.indexed_headers)
+
+    @defer.inlineCallbacks
+    def test_feedback(self):
+        yield self.mail.record_feedback(USER, [3, 4], "spam")
+        yield self.mail.record_feedback(USER, [3], "ham")
+        rows = yield self.mail.list_feedback(USER)
+        self.assertEqual([row[:2] for row in rows], [(3, "spam"), (4, "spam"), (3, "ham")])
+        self.assertEqual((yield self.mail.list_feedback(OTHER_USER)), [])
+        self.assertRaises(ValueError, self.mail.record_feedback, USER, [3], "maybe")

@@ -14,6 +14,8 @@ from zope.interface import implementer
 from emailsvc.errors import AlreadyExists, InvalidName, NotFound
 from emailsvc.interfaces import IMailStore
 from emailsvc.store.model import Content, Mailbox, MessageRecord
+from emailsvc.store.notify import Notifier
+from emailsvc.store.sql.search import INDEXED_HEADERS, compile_search, fold
 
 DELIMITER = "/"
 INBOX = "INBOX"
@@ -107,9 +109,12 @@ def _placeholders(items) -> str:
 class SQLMailStore:
     """IMailStore over a database engine (SQLiteDatabase or PostgreSQL)."""
 
+    indexed_headers = INDEXED_HEADERS
+
     def __init__(self, db, now):
         self._db = db
         self._now = now
+        self.notifier = Notifier()
 
     # Mailboxes
 
@@ -182,6 +187,8 @@ class SQLMailStore:
         return self._db.write(create)
 
     def rename_mailbox(self, user_id, old, new):
+        changed = []
+
         def rename(connection):
             nonlocal old, new
             old, new = normalize_mailbox_name(old), normalize_mailbox_name(new)
@@ -202,6 +209,7 @@ class SQLMailStore:
                 )]
                 self._copy(connection, source.id, uids, target.id)
                 self._expunge(connection, source.id, uids)
+                changed.extend((source.id, target.id))
                 return self._find(connection, user_id, new)
             prefix = old + DELIMITER
             children = connection.execute(
@@ -216,9 +224,11 @@ class SQLMailStore:
                 )
             return self._find(connection, user_id, new)
 
-        return self._db.write(rename)
+        return self._db.write(rename).addCallback(self._published, changed)
 
     def delete_mailbox(self, user_id, name):
+        changed = []
+
         def delete(connection):
             nonlocal name
             name = normalize_mailbox_name(name)
@@ -227,12 +237,16 @@ class SQLMailStore:
             if not self._exists(connection, user_id, name):
                 raise NotFound(f"no such mailbox: {name}")
             prefix = name + DELIMITER
+            changed.extend(row[0] for row in connection.execute(
+                "SELECT id FROM mailboxes WHERE user_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
+                (user_id, name, len(prefix), prefix),
+            ))
             connection.execute(
                 "DELETE FROM mailboxes WHERE user_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
                 (user_id, name, len(prefix), prefix),
             )
 
-        return self._db.write(delete)
+        return self._db.write(delete).addCallback(self._published, changed)
 
     def set_subscribed(self, user_id, name, subscribed):
         def update(connection):
@@ -315,7 +329,8 @@ class SQLMailStore:
                 ))
             return records
 
-        return self._db.write(deliver)
+        changed = [mailbox_id for mailbox_id, _ in deliveries]
+        return self._db.write(deliver).addCallback(self._published, changed)
 
     @staticmethod
     def _allocate(connection, mailbox_id, count) -> tuple[int, int]:
@@ -382,13 +397,13 @@ class SQLMailStore:
                     ))
             return changed, refused
 
-        return self._db.write(store)
+        return self._db.write(store).addCallback(self._published, [mailbox_id])
 
     def copy(self, mailbox_id, uids, target_id):
         def copy(connection):
             return self._copy(connection, mailbox_id, uids, target_id)
 
-        return self._db.write(copy)
+        return self._db.write(copy).addCallback(self._published, [target_id])
 
     def move(self, mailbox_id, uids, target_id):
         def move(connection):
@@ -396,7 +411,7 @@ class SQLMailStore:
             self._expunge(connection, mailbox_id, list(mapping))
             return mapping
 
-        return self._db.write(move)
+        return self._db.write(move).addCallback(self._published, [mailbox_id, target_id])
 
     def _copy(self, connection, mailbox_id, uids, target_id) -> dict[int, int]:
         records = self._select(connection, mailbox_id, uids)
@@ -424,7 +439,7 @@ class SQLMailStore:
             self._expunge(connection, mailbox_id, doomed)
             return doomed
 
-        return self._db.write(expunge)
+        return self._db.write(expunge).addCallback(self._published, [mailbox_id])
 
     def _expunge(self, connection, mailbox_id, uids):
         if not uids:
@@ -459,6 +474,86 @@ class SQLMailStore:
                 (mailbox_id, *chunk),
             ))
         return records
+
+    # Change tracking, search and feedback (IMAP, JMAP)
+
+    def _published(self, result, mailbox_ids):
+        """Tell the notifier's subscribers, after the commit, which mailboxes changed."""
+        self.notifier.publish(*mailbox_ids)
+        return result
+
+    def mailbox_changes(self, mailbox_id, since_modseq=0):
+        def query(connection):
+            row = connection.execute(
+                f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("no such mailbox")
+            records = [_record(row) for row in connection.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                (mailbox_id, since_modseq),
+            )]
+            expunged = []
+            if since_modseq:
+                expunged = [row[0] for row in connection.execute(
+                    "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                    (mailbox_id, since_modseq),
+                )]
+            return _mailbox(row), records, expunged
+
+        return self._db.read(query)
+
+    def get_parsed(self, content_ids, fields=()):
+        fields = list(fields)
+        for name in fields:
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"bad parsed field name {name!r}")
+
+        def query(connection):
+            columns = "".join(f", parsed -> '$.{name}'" for name in fields)
+            found = {}
+            for chunk in _chunks(sorted(set(content_ids))):
+                for row in connection.execute(
+                    f"SELECT id, blob_key{columns} FROM contents WHERE id IN ({_placeholders(chunk)})", chunk
+                ):
+                    values = {name: None if value is None else json.loads(value)
+                              for name, value in zip(fields, row[2:])}
+                    found[row[0]] = (row[1], values)
+            return found
+
+        return self._db.read(query)
+
+    def search(self, mailbox_id, criteria, sort=None):
+        try:
+            sql, params = compile_search(mailbox_id, criteria, sort)
+        except InvalidName:
+            return defer.fail()
+
+        def query(connection):
+            connection.create_function("imap_fold", 1, fold, deterministic=True)
+            return [(row[0], row[1]) for row in connection.execute(sql, params)]
+
+        return self._db.read(query)
+
+    def record_feedback(self, user_id, content_ids, verdict):
+        if verdict not in ("spam", "ham"):
+            raise ValueError(f"unknown verdict {verdict!r}")
+
+        def record(connection):
+            connection.executemany(
+                "INSERT INTO spam_feedback (user_id, content_id, verdict, created) VALUES (?, ?, ?, ?)",
+                [(user_id, content_id, verdict, int(self._now())) for content_id in content_ids],
+            )
+
+        return self._db.write(record)
+
+    def list_feedback(self, user_id):
+        def query(connection):
+            return [tuple(row) for row in connection.execute(
+                "SELECT content_id, verdict, created FROM spam_feedback WHERE user_id = ? ORDER BY id", (user_id,)
+            )]
+
+        return self._db.read(query)
 
     # Garbage
 

@@ -1,0 +1,171 @@
+"""The IMAP avatar: one user's mailboxes through IMailStore (Twisted IAccount).
+
+Names here are text; the protocol decodes and encodes modified UTF-7.
+Every method that touches the store returns a Deferred.
+"""
+from __future__ import annotations
+
+import re
+
+from twisted.internet import defer
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from emailsvc.errors import InvalidName, NotFound
+
+DELIMITER = "/"
+INBOX = "INBOX"
+
+
+@implementer(imap4.IMailboxInfo)
+class MailboxInfo:
+    """A LIST entry: the store's `Mailbox` plus its IMAP attributes."""
+
+    def __init__(self, mailbox, has_children: bool):
+        self.mailbox = mailbox
+        self.has_children = has_children
+
+    @property
+    def name(self) -> str:
+        return self.mailbox.name
+
+    def getFlags(self):
+        flags = ["\\HasChildren" if self.has_children else "\\HasNoChildren"]
+        if self.mailbox.special_use:
+            flags.append(self.mailbox.special_use)
+        return flags
+
+    def getHierarchicalDelimiter(self):
+        return DELIMITER
+
+
+def pattern_regex(pattern: str) -> re.Pattern:
+    """A LIST pattern ("*" any text, "%" any text but the delimiter) as a regex."""
+    if pattern[:5].upper() == INBOX and (len(pattern) == 5 or pattern[5] in DELIMITER + "*%"):
+        pattern = INBOX + pattern[5:]
+    out = []
+    for char in pattern:
+        if char == "*":
+            out.append(".*")
+        elif char == "%":
+            out.append("[^" + re.escape(DELIMITER) + "]*")
+        else:
+            out.append(re.escape(char))
+    return re.compile("".join(out), re.S)
+
+
+@implementer(imap4.IAccount, imap4.INamespacePresenter)
+class Account:
+    """A user's view of the mail store for IMAP."""
+
+    def __init__(self, user, store, blobs, max_message_size: int, clock):
+        self.user = user
+        self.user_id = user.id
+        self.store = store
+        self.blobs = blobs
+        self.max_message_size = max_message_size
+        self.clock = clock
+
+    # Listing
+
+    @defer.inlineCallbacks
+    def mailboxes(self, patterns, subscribed_only=False):
+        """`MailboxInfo`s whose names match any of `patterns`, sorted by name."""
+        boxes = yield self.store.list_mailboxes(self.user_id)
+        names = {box.name for box in boxes}
+        parents = {name.rsplit(DELIMITER, 1)[0] for name in names if DELIMITER in name}
+        regexes = [pattern_regex(pattern) for pattern in patterns]
+        found = []
+        for box in boxes:
+            if subscribed_only and not box.subscribed:
+                continue
+            if any(regex.fullmatch(box.name) for regex in regexes):
+                found.append(MailboxInfo(box, box.name in parents))
+        return found
+
+    def listMailboxes(self, ref, wildcard):
+        return self.mailboxes([_text(ref) + _text(wildcard)]).addCallback(
+            lambda infos: [(info.name, info) for info in infos]
+        )
+
+    # Life cycle of mailboxes
+
+    def create(self, pathspec):
+        name = _text(pathspec).rstrip(DELIMITER)
+        return self.store.create_mailbox(self.user_id, name).addCallback(lambda box: True)
+
+    def addMailbox(self, name, mbox=None):
+        if mbox is not None:
+            return defer.fail(InvalidName("only new, empty mailboxes can be added"))
+        return self.create(name)
+
+    @defer.inlineCallbacks
+    def delete(self, name):
+        name = _text(name)
+        boxes = yield self.store.list_mailboxes(self.user_id)
+        if name.upper() == INBOX:
+            raise InvalidName("INBOX cannot be deleted")
+        if not any(box.name == name for box in boxes):
+            raise NotFound(f"no such mailbox: {name}")
+        if any(box.name.startswith(name + DELIMITER) for box in boxes):
+            # The store would delete the children too; IMAP clients do not expect that.
+            raise InvalidName("mailbox has children, delete them first")
+        yield self.store.delete_mailbox(self.user_id, name)
+        return True
+
+    def rename(self, oldname, newname):
+        return self.store.rename_mailbox(self.user_id, _text(oldname), _text(newname)).addCallback(lambda box: True)
+
+    def get(self, name):
+        """@return: Deferred firing with the store's `Mailbox` or None."""
+        return self.store.get_mailbox(self.user_id, _text(name))
+
+    # Subscriptions
+
+    def isSubscribed(self, name):
+        return self.get(name).addCallback(lambda box: bool(box and box.subscribed))
+
+    def subscribe(self, name):
+        return self.store.set_subscribed(self.user_id, _text(name), True)
+
+    def unsubscribe(self, name):
+        return self.store.set_subscribed(self.user_id, _text(name), False)
+
+    # Selection
+
+    @defer.inlineCallbacks
+    def select(self, name, rw=True):
+        from emailsvc.imap.mailbox import MailboxView
+
+        box = yield self.get(name)
+        if box is None:
+            return None
+        view = MailboxView(self, box, readonly=not rw)
+        yield view.open()
+        return view
+
+    # Quota
+
+    @defer.inlineCallbacks
+    def usage(self):
+        """Bytes stored in all of the user's mailboxes."""
+        boxes = yield self.store.list_mailboxes(self.user_id)
+        return sum(box.size for box in boxes)
+
+    # Namespaces (RFC 2342): one personal namespace, no others.
+
+    def getPersonalNamespaces(self):
+        return [["", DELIMITER]]
+
+    def getSharedNamespaces(self):
+        return None
+
+    def getUserNamespaces(self):
+        return None
+
+    def logout(self):
+        """Called by the realm's logout callable; nothing is held per login."""
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value

@@ -1,0 +1,300 @@
+"""FETCH: attribute parsing and the rendering of one message's data items.
+
+ENVELOPE and BODYSTRUCTURE come from the parsed summary in SQL; body
+sections are ranged blob reads at the offsets found at delivery, so a
+`BODY[1.2]<0.100>` reads 100 bytes, not the message.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from twisted.internet import defer
+
+from emailsvc.imap.message import HEADER_CAP, filter_fields, internal_date
+from emailsvc.imap.wire import Atom, Bad, Raw, String, flag_list, nstring, parse_number, render, string, tokenize
+
+MACROS = {
+    "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
+    "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+    "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
+}
+SIMPLE = frozenset(("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY",
+                    "RFC822", "RFC822.HEADER", "RFC822.TEXT", "MODSEQ"))
+_BODY_ITEM = re.compile(rb"(BODY|BODY\.PEEK)\[([^\]]*)\](?:<([0-9]{1,10})\.([0-9]{1,10})>)?", re.I)
+_KINDS = ("", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME")
+
+
+@dataclass(frozen=True)
+class Section:
+    path: tuple[int, ...] = ()
+    kind: str = ""
+    fields: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class Item:
+    """One requested data item; `label` is its name in the response."""
+
+    name: str
+    label: bytes
+    section: Section | None = None
+    partial: tuple[int, int] | None = None
+    peek: bool = True
+
+    @property
+    def sets_seen(self) -> bool:
+        return not self.peek
+
+    @property
+    def needs(self) -> set[str]:
+        """Parsed summary fields this item needs ("blob" for the message bytes)."""
+        if self.name == "ENVELOPE":
+            return {"envelope"}
+        if self.name in ("BODYSTRUCTURE", "BODY"):
+            return {"body"}
+        if self.section is not None or self.name.startswith("RFC822") and self.name != "RFC822.SIZE":
+            return {"body", "blob"}
+        return set()
+
+
+def parse_items(token) -> list[Item]:
+    """The fetch attribute argument (a macro, one item or a list) -> Items."""
+    if isinstance(token, list):
+        if not token:
+            raise Bad("Empty fetch attribute list")
+        atoms = token
+    elif isinstance(token, Atom):
+        upper = bytes(token).upper().decode("ascii", "replace")
+        if upper in MACROS:
+            return [parse_item(Atom(name.encode())) for name in MACROS[upper]]
+        atoms = [token]
+    else:
+        raise Bad("Bad fetch attribute")
+    items = [parse_item(atom) for atom in atoms]
+    if len(items) > 200:
+        raise Bad("Too many fetch attributes")
+    return items
+
+
+def parse_item(token) -> Item:
+    if not isinstance(token, Atom):
+        raise Bad("Bad fetch attribute")
+    upper = bytes(token).upper()
+    name = upper.decode("ascii", "replace")
+    if name in SIMPLE:
+        if name == "RFC822":
+            return Item("RFC822", b"RFC822", Section(), peek=False)
+        if name == "RFC822.HEADER":
+            return Item("RFC822.HEADER", b"RFC822.HEADER", Section(kind="HEADER"))
+        if name == "RFC822.TEXT":
+            return Item("RFC822.TEXT", b"RFC822.TEXT", Section(kind="TEXT"), peek=False)
+        return Item(name, upper)
+    match = _BODY_ITEM.fullmatch(bytes(token))
+    if match is None:
+        raise Bad("Unknown fetch attribute")
+    section, label = parse_section(match.group(2))
+    partial = None
+    if match.group(3) is not None:
+        start = parse_number(match.group(3), "partial offset")
+        length = parse_number(match.group(4), "partial length")
+        if length == 0:
+            raise Bad("Partial length must not be zero")
+        partial = (start, length)
+        label += b"<%d>" % start
+    peek = match.group(1).upper() == b"BODY.PEEK"
+    return Item("BODY[]", b"BODY[" + label, section, partial, peek)
+
+
+def parse_section(spec: bytes) -> tuple[Section, bytes]:
+    """'1.2.HEADER.FIELDS (From To)' -> (Section, 'canonical spec]')."""
+    head, _, tail = spec.partition(b" ")
+    parts = head.split(b".") if head else []
+    path = []
+    while parts and parts[0].isdigit():
+        number = parse_number(parts.pop(0), "section part")
+        if number == 0:
+            raise Bad("Section parts start at 1")
+        path.append(number)
+    kind = b".".join(parts).upper().decode("ascii", "replace")
+    if kind not in _KINDS or (kind == "MIME" and not path):
+        raise Bad("Bad section")
+    fields: tuple[bytes, ...] = ()
+    if kind.startswith("HEADER.FIELDS"):
+        tokens = tokenize(tail, [])
+        if len(tokens) != 1 or not isinstance(tokens[0], list) or not tokens[0]:
+            raise Bad("HEADER.FIELDS needs a list of field names")
+        if any(not isinstance(name, (Atom, String)) or not name for name in tokens[0]):
+            raise Bad("Bad header field name")
+        fields = tuple(bytes(name).upper() for name in tokens[0])
+    elif tail:
+        raise Bad("Bad section")
+    label = ".".join([str(n) for n in path] + ([kind] if kind else [])).encode()
+    if fields:
+        label += b" (" + b" ".join(fields) + b")"
+    return Section(tuple(path), kind, fields), label + b"]"
+
+
+# -- structure ---------------------------------------------------------------
+
+def _params(params, text_default=False):
+    if not params:
+        return [Raw(b'"charset"'), Raw(b'"us-ascii"')] if text_default else None
+    out = []
+    for name, value in params:
+        out.extend((name, value))
+    return out
+
+
+def _language(value):
+    if not value:
+        return None
+    return value[0] if len(value) == 1 else list(value)
+
+
+def _disposition(value):
+    if not value:
+        return None
+    return [value[0], _params(value[1])]
+
+
+def envelope(env) -> bytes:
+    if not env or len(env) != 10:
+        env = [None] * 10
+    fields = []
+    for index, value in enumerate(env):
+        if 2 <= index <= 7:
+            fields.append(b"NIL" if not value else
+                          b"(" + b"".join(b"(" + b" ".join(nstring(v) for v in address) + b")" for address in value) + b")")
+        else:
+            fields.append(nstring(value))
+    return b"(" + b" ".join(fields) + b")"
+
+
+def structure(part: dict, extended: bool) -> bytes:
+    """BODYSTRUCTURE (extended) or BODY of a parsed part."""
+    if "parts" in part:
+        out = b"".join(structure(child, extended) for child in part["parts"])
+        out += b" " + string(part["subtype"])
+        if extended:
+            out += b" " + b" ".join(render(value) for value in (
+                _params(part["params"]), _disposition(part["disposition"]),
+                _language(part["language"]), part["location"]))
+        return b"(" + out + b")"
+    is_text = part["type"] == "text"
+    values = [part["type"], part["subtype"], _params(part["params"], is_text), part["id"],
+              part["description"], part["encoding"].upper(), part["end"] - part["body_start"]]
+    out = b" ".join(render(value) for value in values)
+    if is_text:
+        out += b" %d" % (part.get("lines") or 0)
+    elif "message" in part:
+        inner = part["message"]
+        out += b" " + envelope(inner["envelope"]) + b" " + structure(inner["body"], extended)
+        out += b" %d" % (part.get("lines") or 0)
+    if extended:
+        out += b" " + b" ".join(render(value) for value in (
+            part["md5"], _disposition(part["disposition"]), _language(part["language"]), part["location"]))
+    return b"(" + out + b")"
+
+
+# -- sections ------------------------------------------------------------------
+
+def find_part(body: dict, path) -> dict | None:
+    """The part a section path names, or None when there is no such part."""
+    node = body
+    for index, number in enumerate(path):
+        if index and "message" in node:
+            node = node["message"]["body"]
+        if "parts" in node:
+            if number > len(node["parts"]):
+                return None
+            node = node["parts"][number - 1]
+        elif number != 1:
+            return None
+    return node
+
+
+def section_range(body: dict, section: Section, size: int):
+    """(start, end) of a section in the raw message, or None when it does not exist."""
+    if not section.path:
+        target = body
+        if section.kind == "":
+            return 0, size
+    else:
+        part = find_part(body, section.path)
+        if part is None:
+            return None
+        if section.kind == "":
+            return part["body_start"], part["end"]
+        if section.kind == "MIME":
+            return part["header_start"], part["body_start"]
+        if "message" not in part:
+            return None
+        target = part["message"]["body"]
+    if section.kind == "TEXT":
+        return target["body_start"], target["end"]
+    return target["header_start"], target["body_start"]
+
+
+@defer.inlineCallbacks
+def section_data(message, item: Item):
+    """The bytes of a body section (partial applied), or None for NIL."""
+    section = item.section
+    body = message.parsed.get("body")
+    if body is None:
+        body = {"header_start": 0, "body_start": 0, "end": message.record.size}
+    found = section_range(body, section, message.record.size)
+    if found is None:
+        return None
+    start, end = found
+    if section.kind.startswith("HEADER.FIELDS"):
+        block = yield message.read(start, min(end, start + HEADER_CAP))
+        data = filter_fields(block, section.fields, section.kind.endswith(".NOT"))
+        if item.partial is not None:
+            data = data[item.partial[0]:item.partial[0] + item.partial[1]]
+        return data
+    if item.partial is not None:
+        start, end = min(end, start + item.partial[0]), min(end, start + item.partial[0] + item.partial[1])
+    if end <= start:
+        return b""
+    data = yield message.read(start, end)
+    return data
+
+
+@defer.inlineCallbacks
+def render_items(message, items, seq: int, *, uid_first: bool, modseq: bool, flags_changed: bool) -> bytes:
+    """One `* n FETCH (...)` response line (with any literals), without CRLF."""
+    out = []
+    names = {item.name for item in items}
+    record = message.record
+    if uid_first and "UID" not in names:
+        out.append(b"UID %d" % record.uid)
+    for item in items:
+        name = item.name
+        if name == "FLAGS":
+            out.append(b"FLAGS " + flag_list(record.flags))
+        elif name == "UID":
+            out.append(b"UID %d" % record.uid)
+        elif name == "INTERNALDATE":
+            out.append(b'INTERNALDATE "' + internal_date(record.internal_date).encode() + b'"')
+        elif name == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % record.size)
+        elif name == "MODSEQ":
+            out.append(b"MODSEQ (%d)" % record.modseq)
+        elif name == "ENVELOPE":
+            out.append(b"ENVELOPE " + envelope(message.parsed.get("envelope")))
+        elif name in ("BODYSTRUCTURE", "BODY"):
+            body = message.parsed.get("body")
+            if body is None:
+                body = {"type": "text", "subtype": "plain", "params": [], "id": None, "description": None,
+                        "encoding": "7bit", "header_start": 0, "body_start": 0, "end": record.size,
+                        "lines": 0, "md5": None, "disposition": None, "language": None, "location": None}
+            out.append(item.label + b" " + structure(body, name == "BODYSTRUCTURE"))
+        else:
+            data = yield section_data(message, item)
+            out.append(item.label + b" " + (b"NIL" if data is None else b"{%d}\r\n" % len(data) + data))
+    if flags_changed and "FLAGS" not in names:
+        out.append(b"FLAGS " + flag_list(record.flags))
+    if modseq and "MODSEQ" not in names:
+        out.append(b"MODSEQ (%d)" % record.modseq)
+    return b"* %d FETCH (" % seq + b" ".join(out) + b")"

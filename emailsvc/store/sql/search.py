@@ -1,0 +1,177 @@
+"""Search criteria trees compiled to SQL over messages and parsed contents.
+
+A criteria tree is made of tuples, the same for every backend:
+
+    ("all",)                          every message
+    ("and", (node, ...))  ("or", (node, ...))  ("not", node)
+    ("flag", name, present)           "\\Seen" ... or a keyword, set or not
+    ("uid", ((low, high), ...))       inclusive UID ranges; high None: no bound
+    ("internal_date", low, high)      low <= internal date < high (seconds; None: open)
+    ("sent_date", low, high)          the same on the Date field (internal date if none)
+    ("size", low, high)               low <= size < high (None: open)
+    ("header", name, value)           a field in INDEXED_HEADERS whose decoded value
+                                      contains `value` (case-insensitive); "" = present
+    ("text", value)  ("body", value)  the extracted search text contains `value`
+    ("modseq", n)                     MODSEQ >= n
+
+Sort keys are (name, reverse) pairs, name one of SORT_KEYS.  Everything is
+compiled into one statement with bound parameters; nothing is evaluated in
+Python except `imap_fold`, the case folding registered on the connection.
+"""
+from __future__ import annotations
+
+import json
+
+from emailsvc.errors import InvalidName
+
+# The decoded header fields store/parse.py keeps in contents.parsed.
+INDEXED_HEADERS = frozenset((
+    "from", "to", "cc", "bcc", "reply-to", "sender", "subject", "date",
+    "message-id", "in-reply-to", "references", "list-id", "content-type",
+))
+SORT_KEYS = frozenset(("arrival", "cc", "date", "from", "size", "subject", "to"))
+MAX_DEPTH = 64
+_SYSTEM = {"\\seen": 1, "\\answered": 2, "\\flagged": 4, "\\deleted": 8, "\\draft": 16}
+_FTS_MIN = 3          # the trigram index answers needles of 3 or more characters
+_INLINE_RANGES = 16   # more UID ranges than this go in as one JSON parameter
+_SENT = "coalesce(json_extract(c.parsed, '$.date'), m.internal_date)"
+_SORT_SQL = {
+    "arrival": "m.internal_date",
+    "date": _SENT,
+    "size": "m.size",
+    "subject": "coalesce(json_extract(c.parsed, '$.sort_subject'), '') COLLATE NOCASE",
+    "from": "coalesce(json_extract(c.parsed, '$.from_addr'), '') COLLATE NOCASE",
+    "to": "coalesce(json_extract(c.parsed, '$.to_addr'), '') COLLATE NOCASE",
+    "cc": "coalesce(json_extract(c.parsed, '$.cc_addr'), '') COLLATE NOCASE",
+}
+
+
+def fold(text):
+    """Case folding for substring matches (registered as imap_fold)."""
+    return text.casefold() if isinstance(text, str) else text
+
+
+class _Compiler:
+    def __init__(self):
+        self.params: list = []
+        self.content = False
+
+    def compile(self, node, depth=0) -> str:
+        if depth > MAX_DEPTH:
+            raise InvalidName("search criteria nested too deeply")
+        if not isinstance(node, tuple) or not node:
+            raise InvalidName(f"bad search criterion: {node!r}")
+        kind = node[0]
+        method = getattr(self, "_" + kind, None) if isinstance(kind, str) else None
+        if method is None:
+            raise InvalidName(f"unknown search criterion: {kind!r}")
+        return method(depth, *node[1:])
+
+    def _all(self, depth):
+        return "1"
+
+    def _and(self, depth, nodes):
+        parts = [self.compile(node, depth + 1) for node in nodes]
+        return "(" + " AND ".join(parts) + ")" if parts else "1"
+
+    def _or(self, depth, nodes):
+        parts = [self.compile(node, depth + 1) for node in nodes]
+        return "(" + " OR ".join(parts) + ")" if parts else "0"
+
+    def _not(self, depth, node):
+        return f"(NOT {self.compile(node, depth + 1)})"
+
+    def _flag(self, depth, name, present):
+        lower = name.lower()
+        if lower in _SYSTEM:
+            return f"(m.flags & {_SYSTEM[lower]} {'!=' if present else '='} 0)"
+        if lower == "\\recent":
+            # This store keeps no \Recent: no message ever has it.
+            return "0" if present else "1"
+        self.params.append(f" {lower} ")
+        return f"(instr(' ' || lower(m.keywords) || ' ', ?) {'>' if present else '='} 0)"
+
+    def _uid(self, depth, ranges):
+        ranges = [(int(low), None if high is None else int(high)) for low, high in ranges]
+        if not ranges:
+            return "0"
+        if len(ranges) <= _INLINE_RANGES:
+            parts = []
+            for low, high in ranges:
+                if high is None:
+                    parts.append("m.uid >= ?")
+                    self.params.append(low)
+                else:
+                    parts.append("m.uid BETWEEN ? AND ?")
+                    self.params.extend((low, high))
+            return "(" + " OR ".join(parts) + ")"
+        self.params.append(json.dumps([[low, 2 ** 62 if high is None else high] for low, high in ranges]))
+        return ("EXISTS (SELECT 1 FROM json_each(?) r WHERE m.uid BETWEEN"
+                " json_extract(r.value, '$[0]') AND json_extract(r.value, '$[1]'))")
+
+    def _between(self, column, low, high):
+        parts = []
+        if low is not None:
+            parts.append(f"{column} >= ?")
+            self.params.append(int(low))
+        if high is not None:
+            parts.append(f"{column} < ?")
+            self.params.append(int(high))
+        return "(" + " AND ".join(parts) + ")" if parts else "1"
+
+    def _internal_date(self, depth, low, high):
+        return self._between("m.internal_date", low, high)
+
+    def _sent_date(self, depth, low, high):
+        self.content = True
+        return self._between(_SENT, low, high)
+
+    def _size(self, depth, low, high):
+        return self._between("m.size", low, high)
+
+    def _modseq(self, depth, value):
+        self.params.append(int(value))
+        return "(m.modseq >= ?)"
+
+    def _header(self, depth, name, value):
+        name = name.lower()
+        if name not in INDEXED_HEADERS:
+            raise InvalidName(f"header field not indexed: {name}")
+        self.content = True
+        path = f'$.headers."{name}"'
+        if not value:
+            self.params.append(path)
+            return "(json_type(c.parsed, ?) IS NOT NULL)"
+        self.params.extend((path, fold(value)))
+        return "EXISTS (SELECT 1 FROM json_each(c.parsed, ?) h WHERE instr(imap_fold(h.value), ?) > 0)"
+
+    def _text(self, depth, value):
+        if not value:
+            return "1"
+        self.content = True
+        if len(value) >= _FTS_MIN:
+            self.params.append('"' + value.replace('"', '""') + '"')
+            return "(c.id IN (SELECT rowid FROM contents_text WHERE contents_text MATCH ?))"
+        self.params.append(fold(value))
+        return "(instr(imap_fold(coalesce(json_extract(c.parsed, '$.text'), '')), ?) > 0)"
+
+    # The stored text has the body and the main address/subject fields; BODY
+    # thus also matches those fields (a superset, never a miss).
+    _body = _text
+
+
+def compile_search(mailbox_id: int, criteria, sort=None) -> tuple[str, list]:
+    """(SQL, parameters) selecting `m.uid` of the matching messages of a mailbox."""
+    compiler = _Compiler()
+    where = compiler.compile(criteria)
+    order = []
+    for name, reverse in sort or ():
+        if name not in SORT_KEYS:
+            raise InvalidName(f"unknown sort key: {name}")
+        if name not in ("arrival", "size"):
+            compiler.content = True
+        order.append(_SORT_SQL[name] + (" DESC" if reverse else ""))
+    order.append("m.uid")
+    join = " JOIN contents c ON c.id = m.content_id" if compiler.content else ""
+    sql = f"SELECT m.uid, m.modseq FROM messages m{join} WHERE m.mailbox_id = ? AND {where} ORDER BY {', '.join(order)}"
+    return sql, [mailbox_id, *compiler.params]
