@@ -114,6 +114,9 @@ class IMailStore(Interface):
     def get_special_mailbox(user_id, special_use):
         """@return: Deferred firing with the mailbox having that special use (e.g. "\\\\Junk"), or None."""
 
+    def usage(user_id):
+        """@return: Deferred firing with the bytes stored in all of a user's mailboxes."""
+
     def delivery_mailbox(user_id, special_use=None):
         """The id of the mailbox with `special_use` (e.g. "\\Junk"), else of INBOX.
 

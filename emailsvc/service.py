@@ -232,7 +232,8 @@ def _smtp(context, listener):
     hostname = context.config.server.hostname
 
     def session():
-        return MXSession(directory=directory, mda=mda, pipeline=context.checks.pipeline,
+        return MXSession(directory=directory, mail=context.store.metadata.mail, mda=mda,
+                         pipeline=context.checks.pipeline,
                          hostname=hostname, clock=context.reactor, inflight=context.inflight)
 
     return SMTPServerFactory(

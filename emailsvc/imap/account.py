@@ -146,11 +146,9 @@ class Account:
 
     # Quota
 
-    @defer.inlineCallbacks
     def usage(self):
-        """Bytes stored in all of the user's mailboxes."""
-        boxes = yield self.store.list_mailboxes(self.user_id)
-        return sum(box.size for box in boxes)
+        """Bytes stored in all of the user's mailboxes. @return: Deferred."""
+        return self.store.usage(self.user_id)
 
     # Namespaces (RFC 2342): one personal namespace, no others.
 

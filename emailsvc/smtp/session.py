@@ -27,8 +27,9 @@ class MXSession:
 
     log = Logger()
 
-    def __init__(self, *, directory, mda, pipeline, hostname: str, clock, inflight):
+    def __init__(self, *, directory, mail, mda, pipeline, hostname: str, clock, inflight):
         self._directory = directory
+        self._mail = mail
         self._mda = mda
         self._pipeline = pipeline
         self._hostname = hostname
@@ -37,6 +38,7 @@ class MXSession:
         self.state = SessionState(peer_ip="")
         self.extended = False
         self.utf8 = False
+        self.size = "0"
         self.user_ids: list[int] = []
 
     def connected(self, peer_host, peer_port, tls):
@@ -54,6 +56,7 @@ class MXSession:
     def mail_from(self, sender, parameters):
         self.state.sender = sender
         self.utf8 = "SMTPUTF8" in parameters
+        self.size = parameters.get("SIZE") or "0"
         return self._pipeline.mail(self.state).addCallback(_enforce)
 
     @defer.inlineCallbacks
@@ -63,9 +66,20 @@ class MXSession:
             raise SMTPReplyError(550, "5.7.1", "Relaying denied")
         if not resolution.users:
             raise SMTPReplyError(550, "5.1.1", "No such user here")
+        yield self._check_quota(resolution.users, parameters.get("SIZE") or self.size)
         _enforce((yield self._pipeline.rcpt(self.state, recipient)))
         self.state.recipients.append(recipient)
         self.user_ids.extend(user.id for user in resolution.users)
+
+    @defer.inlineCallbacks
+    def _check_quota(self, users, size):
+        """452 4.2.2 when a recipient's mailboxes, plus the announced SIZE, exceed the quota."""
+        for user in users:
+            if user.quota is None:
+                continue
+            used = yield self._mail.usage(user.id)
+            if used + int(size) > user.quota:
+                raise SMTPReplyError(452, "4.2.2", "Mailbox full, try again later")
 
     @defer.inlineCallbacks
     def data(self, message):
@@ -95,6 +109,7 @@ class MXSession:
     def reset(self):
         self.state.reset()
         self.utf8 = False
+        self.size = "0"
         self.user_ids = []
 
     def disconnected(self):

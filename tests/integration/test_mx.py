@@ -50,7 +50,7 @@ class MXTests(DNSTestCase, unittest.TestCase):
         config = parse(CONFIG)
         pipeline = build_pipeline(config, self.resolver, reactor)
         factory = SMTPServerFactory(
-            lambda: MXSession(directory=directory, mda=mda, pipeline=pipeline, hostname="mx.example.test",
+            lambda: MXSession(directory=directory, mail=self.mail, mda=mda, pipeline=pipeline, hostname="mx.example.test",
                               clock=reactor, inflight=self.inflight),
             "mx.example.test", config.smtp, clock=reactor,
         )
@@ -186,3 +186,14 @@ class MXTests(DNSTestCase, unittest.TestCase):
             smtplib.SMTPDataError)
         self.assertEqual(failure.smtp_code, 550)
         self.assertEqual((yield self.inbox(self.alice)), [])
+
+    @defer.inlineCallbacks
+    def test_quota_is_enforced_at_rcpt(self):
+        yield self.metadata.directory.set_quota("bob@example.test", 2000)
+        yield self.send("x@remote.example", ["bob@example.test"])
+        # smtplib announces SIZE; stored mail plus this message exceeds 2,000 bytes.
+        big = MESSAGE + b"x" * 1500 + b"\r\n"
+        refused = yield self.send("x@remote.example", ["bob@example.test", "alice@example.test"], big)
+        self.assertEqual(refused, {"bob@example.test": (452, b"4.2.2 Mailbox full, try again later")})
+        self.assertEqual(len((yield self.inbox(self.bob))), 1)
+        self.assertEqual(len((yield self.inbox(self.alice))), 1)

@@ -89,7 +89,7 @@ class SubmissionFixture(DNSTestCase):
         implicit = SubmissionFactory(session, HOST, limits, portal_for, implicit_tls=True, clock=reactor)
         pipeline = build_pipeline(parse('[checks]\nenabled = []\n'), self.resolver, reactor)
         mx = SMTPServerFactory(
-            lambda: MXSession(directory=directory, mda=mda, pipeline=pipeline, hostname=HOST,
+            lambda: MXSession(directory=directory, mail=self.mail, mda=mda, pipeline=pipeline, hostname=HOST,
                               clock=reactor, inflight=self.inflight),
             HOST, limits, tls_context=context, clock=reactor,
         )

@@ -240,6 +240,16 @@ class StoreConformance:
         self.assertEqual(fresh.uid, records[-1].uid + 1)
 
     @defer.inlineCallbacks
+    def test_usage(self):
+        box = yield self.mailbox("INBOX")
+        other = yield self.mailbox("Archive")
+        self.assertEqual((yield self.mail.usage(USER)), 0)
+        yield self.append(box, count=2)
+        yield self.append(other)
+        self.assertEqual((yield self.mail.usage(USER)), 3 * len(b"Subject: hi\r\n\r\nbody\r\n"))
+        self.assertEqual((yield self.mail.usage(OTHER_USER)), 0)
+
+    @defer.inlineCallbacks
     def test_deliver_shares_one_content(self):
         a = yield self.mailbox("INBOX")
         b = yield self.mailbox("INBOX", OTHER_USER)

@@ -148,6 +148,15 @@ class SQLMailStore:
             return defer.succeed(None)
         return self._db.read(self._find, user_id, name)
 
+    def usage(self, user_id):
+        def query(connection):
+            return connection.execute(
+                "SELECT coalesce(sum(m.size), 0) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
+                " WHERE b.user_id = ?", (user_id,),
+            ).fetchone()[0]
+
+        return self._db.read(query)
+
     def delivery_mailbox(self, user_id, special_use=None):
         def query(connection):
             if special_use is not None:
