@@ -229,6 +229,32 @@ class DKIMSigningConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """The outbound queue: remote delivery, retries and bounces."""
+
+    enabled: bool = True
+    scan_interval: float = field(default=30.0, metadata=_range(0.1))
+    retry_initial: float = field(default=300.0, metadata=_range(1))
+    retry_max: float = field(default=3600.0, metadata=_range(1))
+    expire_after: float = field(default=5 * 86400.0, metadata=_range(1))
+    lease_time: float = field(default=900.0, metadata=_range(10))
+    batch_size: int = field(default=200, metadata=_range(1, 10000))
+    max_connections: int = field(default=20, metadata=_range(1, 1000))
+    max_per_domain: int = field(default=4, metadata=_range(1, 100))
+    remote_port: int = field(default=25, metadata=_range(1, 65535))
+    helo_name: str = ""
+    tls: Literal["opportunistic", "required", "none"] = "opportunistic"
+    connect_timeout: float = field(default=30.0, metadata=_range(1))
+    command_timeout: float = field(default=300.0, metadata=_range(1))
+    data_timeout: float = field(default=600.0, metadata=_range(1))
+    smarthost: str = ""
+    smarthost_port: int = field(default=587, metadata=_range(1, 65535))
+    smarthost_username: str = ""
+    smarthost_password: str = ""
+    smarthost_verify: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
     tls: TLSConfig = TLSConfig()
@@ -240,6 +266,7 @@ class Config:
     checks: ChecksConfig = ChecksConfig()
     submission: SubmissionConfig = SubmissionConfig()
     dkim: DKIMSigningConfig = DKIMSigningConfig()
+    queue: QueueConfig = QueueConfig()
     listeners: dict[str, ListenerConfig] = field(default_factory=dict)
     path: str = field(default="", metadata={"internal": True})
 
@@ -337,6 +364,10 @@ def _check(config: Config, reader: _Reader):
                 reader.problem(f"store.s3.{name}", "is required when store.blobs is 's3'")
     if bool(config.tls.certificate) != bool(config.tls.private_key):
         reader.problem("tls", "certificate and private_key must be given together")
+    if config.queue.retry_max < config.queue.retry_initial:
+        reader.problem("queue.retry_max", "must be at least queue.retry_initial")
+    if config.queue.smarthost_username and not config.queue.smarthost:
+        reader.problem("queue.smarthost", "is required when queue.smarthost_username is set")
     bound = {}
     for name, listener in config.listeners.items():
         key = f"listeners.{name}"

@@ -318,3 +318,17 @@ class ISubmitter(Interface):
 
         @return: Deferred firing with a bool.
         """
+
+
+class IQueue(Interface):
+    """The outbound queue: messages for other domains, sent by a runner."""
+
+    def enqueue(message, sender, recipients, envelope=None):
+        """Queue `message` (bytes, CRLF line ends, trace fields included)
+        from `sender` ("" for a bounce) for `recipients` (addresses at
+        other domains).  `envelope` is a dict of envelope options
+        ({"smtputf8": True}).
+
+        @return: Deferred firing with the queue id once the message and its
+            rows are durable.
+        """

@@ -151,6 +151,61 @@ class ChecksService(AsyncService):
         return defer.succeed(None)
 
 
+class QueueService(AsyncService):
+    """The outbound queue (built at once, so submission can enqueue) and
+    its runner (started after the store)."""
+
+    def __init__(self, config, reactor, store):
+        from emailsvc.delivery.queue import OutboundQueue
+        from emailsvc.delivery.sqlqueue import SQLQueueStore
+
+        self.setName("queue")
+        self._config = config
+        self._reactor = reactor
+        self._store = store
+        self.queue = OutboundQueue(SQLQueueStore(store.metadata.db), store.blobs, reactor)
+        self.runner = None
+        self.resolver = None
+
+    def start(self):
+        from emailsvc.delivery.mda import MDA
+        from emailsvc.delivery.queue import Bouncer, QueueRunner
+        from emailsvc.delivery.remote import RemoteDelivery
+        from emailsvc.dns import make_resolver
+
+        config = self._config
+        hostname = config.server.hostname
+        self.resolver = make_resolver(config.dns, self._reactor, config.path)
+        remote = RemoteDelivery(self.resolver, self._reactor, config.queue, config.queue.helo_name or hostname)
+        mda = MDA(self._store.metadata.mail, self._store.blobs, self._reactor)
+        bouncer = Bouncer(self._store.metadata.directory, mda, self.queue, self._store.blobs, hostname,
+                          self._reactor)
+        self.runner = QueueRunner(self.queue.store, self._store.blobs, remote, bouncer, self._reactor,
+                                  config.queue)
+        self.queue.listeners.append(self.runner.wake)
+        self.runner.start()
+        return defer.succeed(None)
+
+    @defer.inlineCallbacks
+    def stop(self):
+        from emailsvc.dns import close_resolver
+
+        if self.runner is not None:
+            self.queue.listeners.remove(self.runner.wake)
+            # Deliveries still running after the shutdown timeout keep their
+            # leases, which run out: the rows are retried after a restart.
+            finished = self.runner.stop()
+            timer = self._reactor.callLater(self._config.server.shutdown_timeout,
+                                            lambda: finished.called or finished.callback(None))
+            yield finished
+            if timer.active():
+                timer.cancel()
+            self.runner = None
+        if self.resolver is not None:
+            close_resolver(self.resolver)
+            self.resolver = None
+
+
 class StartError(Exception):
     """A child service could not start; the message is for the operator."""
 
@@ -264,9 +319,12 @@ def _submission(context, listener):
     if rate is None:
         rate = context.submission_rate = RateLimiter(context.reactor, context.config.submission.max_messages_per_hour)
 
+    queue = context.queue.queue if getattr(context, "queue", None) is not None else None
+
     def session():
         return SubmissionSession(directory=directory, mda=mda, signer=signer, hostname=hostname,
-                                 clock=context.reactor, inflight=context.inflight, rate_limiter=rate)
+                                 clock=context.reactor, inflight=context.inflight, rate_limiter=rate,
+                                 queue=queue)
 
     return SubmissionFactory(
         session, hostname, context.config.smtp,
@@ -337,6 +395,10 @@ def build(config, reactor) -> EmailService:
         checks = ChecksService(config, reactor)
         checks.setServiceParent(root)
     context = BuildContext(config, reactor, store, checks, tls_context, root.inflight)
+    context.queue = None
+    if config.queue.enabled and hasattr(store.metadata, "db"):
+        context.queue = QueueService(config, reactor, store)
+        context.queue.setServiceParent(root)
     for name, listener in config.listeners.items():
         factory = PROTOCOLS[listener.protocol](context, listener)
         where = f"[{listener.address}]:{listener.port}" if ":" in listener.address else f"{listener.address}:{listener.port}"

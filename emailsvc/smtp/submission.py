@@ -7,9 +7,10 @@ throttled per client address and per account).  `SubmissionSession` is the
 policy: nothing without AUTH, the envelope sender and the From: field must
 be addresses the user owns, Date and Message-ID are added when missing,
 the message is DKIM-signed and local recipients get it at once through the
-MDA.  Remote recipients wait for the outbound queue: until it exists they
-are refused with a temporary reply (see REMOTE_UNAVAILABLE) rather than
-accepted and silently dropped.
+MDA.  Remote recipients go into the outbound queue (an IQueue), durably
+before the 250; a session built without a queue refuses them with a
+temporary reply (REMOTE_UNAVAILABLE) rather than accepting and dropping
+them.
 """
 from __future__ import annotations
 
@@ -266,8 +267,9 @@ class SubmissionSession:
 
     log = Logger()
 
-    def __init__(self, *, directory, mda, signer, hostname: str, clock, inflight, rate_limiter=None):
+    def __init__(self, *, directory, mda, signer, hostname: str, clock, inflight, rate_limiter=None, queue=None):
         self._directory = directory
+        self._queue = queue
         self._mda = mda
         self._signer = signer
         self._hostname = hostname
@@ -282,6 +284,7 @@ class SubmissionSession:
         self.sender: str | None = None
         self.recipients: list[str] = []
         self.user_ids: list[int] = []
+        self.remote: list[str] = []
 
     def connected(self, peer_host, peer_port, tls):
         self.peer_host = peer_host
@@ -324,7 +327,13 @@ class SubmissionSession:
             raise SMTPReplyError(553, "5.1.3", "Recipient address not accepted") from None
         resolution = yield self._directory.resolve(recipient)
         if not resolution.local_domain:
-            raise SMTPReplyError(*REMOTE_UNAVAILABLE)
+            if self._queue is None:
+                raise SMTPReplyError(*REMOTE_UNAVAILABLE)
+            if domain.endswith("."):
+                raise SMTPReplyError(553, "5.1.3", "Recipient address not accepted")
+            self.recipients.append(recipient)
+            self.remote.append(recipient)
+            return
         if not resolution.users:
             raise SMTPReplyError(550, "5.1.1", "No such user here")
         self.recipients.append(recipient)
@@ -351,12 +360,22 @@ class SubmissionSession:
             protocol=("UTF8SMTPSA" if self.utf8 else "ESMTPSA"), ident=ident,
             recipient=recipients[0] if len(recipients) == 1 else None, when=now,
         )
-        delivered = self._mda.deliver(trace + message, self.user_ids, self.sender or "")
-        yield self._inflight.track(delivered)
+        # Both the local delivery and the queue entry are durable before
+        # the 250; if one fails the client retries both (at least once).
+        work = []
+        if self.user_ids:
+            work.append(self._mda.deliver(trace + message, self.user_ids, self.sender or ""))
+        if self.remote:
+            envelope = {"smtputf8": True} if self.utf8 else {}
+            work.append(self._queue.enqueue(trace + message, self.sender or "", self.remote, envelope))
+        done = defer.gatherResults(work, consumeErrors=True)
+        done.addErrback(lambda failure: failure.value.subFailure)
+        yield self._inflight.track(done)
         if self._rate is not None:
             self._rate.sent(submitter.user.id)
-        self.log.info("{id}: submitted by {user} for {count} local recipient(s)",
-                      id=ident, user=submitter.user.address, count=len(recipients))
+        self.log.info("{id}: submitted by {user} for {local} local and {remote} remote recipient(s)",
+                      id=ident, user=submitter.user.address, local=len(recipients) - len(self.remote),
+                      remote=len(self.remote))
         return f"Ok: queued as {ident}"
 
     def reset(self):
@@ -364,6 +383,7 @@ class SubmissionSession:
         self.utf8 = False
         self.recipients = []
         self.user_ids = []
+        self.remote = []
 
     def disconnected(self):
         self.reset()

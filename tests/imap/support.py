@@ -50,6 +50,7 @@ class IMAPTestCase(unittest.TestCase):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         cert, key = tls.ensure_certificate(TLSConfig(), directory, "localhost")
+        self.certificate = cert
         self.tls_context = tls.server_context(cert, key)
         self.throttle = AuthThrottle(reactor, max_failures=50, failure_window=60, lockout=60, max_delay=0)
         self.factory = make_factory(self.directory, self.mail, self.blobs, self.throttle, reactor,

@@ -573,7 +573,10 @@ class SQLMailStore:
                 "DELETE FROM contents WHERE NOT EXISTS"
                 " (SELECT 1 FROM messages m WHERE m.content_id = contents.id) RETURNING blob_key"
             ).fetchall()
-            return [row[0] for row in rows]
+            # A blob the outbound queue still references stays.
+            return [row[0] for row in rows if not connection.execute(
+                "SELECT 1 FROM queue_messages WHERE blob_key = ?", (row[0],)
+            ).fetchone()]
 
         doomed = yield self._db.write(drop_unreferenced)
         candidates = yield blobs.keys_older_than(self._now() - grace)
@@ -584,6 +587,9 @@ class SQLMailStore:
                 known = {row[0] for row in connection.execute(
                     f"SELECT blob_key FROM contents WHERE blob_key IN ({_placeholders(chunk)})", chunk
                 )}
+                known.update(row[0] for row in connection.execute(
+                    f"SELECT blob_key FROM queue_messages WHERE blob_key IN ({_placeholders(chunk)})", chunk
+                ))
                 found.extend(key for key in chunk if key not in known)
             return found
 
