@@ -207,6 +207,29 @@ class IMailStore(Interface):
         @return: Deferred firing with {content_id: (blob_key, {field: value or None})}.
         """
 
+    def mailbox_index(mailbox_id):
+        """A mailbox in compact form, read in one snapshot, for sessions on big mailboxes.
+
+        @return: Deferred firing with (`Mailbox`, array('I') of its UIDs in
+            order, the lowest UID without \\Seen or None, its keywords
+            sorted); fails with NotFound when the mailbox is gone.
+        """
+
+    def message_page(mailbox_id, uids, fields=None):
+        """The messages of a mailbox among `uids` (a page: hundreds, not the mailbox).
+
+        @param fields: None for the records only, else parsed summary fields to add.
+        @return: Deferred firing with [(`MessageRecord`, blob key or None,
+            {field: value or None})] in UID order; UIDs not in the mailbox are left out.
+        """
+
+    def search_uids(mailbox_id, criteria):
+        """Like `search` without sorting, as arrays (a result of any size stays compact).
+
+        @return: Deferred firing with (array('I') of UIDs in order, array('Q')
+            of their MODSEQs); fails with InvalidName on a malformed tree.
+        """
+
     def search(mailbox_id, criteria, sort=None):
         """Messages of a mailbox matching a criteria tree (see emailsvc.store.sql.search).
 

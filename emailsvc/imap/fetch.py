@@ -298,3 +298,32 @@ def render_items(message, items, seq: int, *, uid_first: bool, modseq: bool, fla
     if modseq and "MODSEQ" not in names:
         out.append(b"MODSEQ (%d)" % record.modseq)
     return b"* %d FETCH (" % seq + b" ".join(out) + b")"
+
+
+def expunged_line(seq: int, uid: int, items, *, uid_first: bool) -> bytes:
+    """A FETCH response for a message another session expunged and this one
+    has not been told of yet (RFC 2180 4.1.3): the UID it knows, \\Deleted,
+    NIL for what was in the message."""
+    out = []
+    names = {item.name for item in items}
+    if uid_first and "UID" not in names:
+        out.append(b"UID %d" % uid)
+    for item in items:
+        name = item.name
+        if name == "FLAGS":
+            out.append(b"FLAGS (\\Deleted)")
+        elif name == "UID":
+            out.append(b"UID %d" % uid)
+        elif name == "INTERNALDATE":
+            out.append(b'INTERNALDATE "01-Jan-1970 00:00:00 +0000"')
+        elif name == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE 0")
+        elif name == "MODSEQ":
+            out.append(b"MODSEQ (1)")
+        elif name == "ENVELOPE":
+            out.append(b"ENVELOPE " + envelope(None))
+        elif name in ("BODYSTRUCTURE", "BODY"):
+            out.append(item.label + b' ("text" "plain" NIL NIL NIL "7bit" 0 0)')
+        else:
+            out.append(item.label + b" NIL")
+    return b"* %d FETCH (" % seq + b" ".join(out) + b")"

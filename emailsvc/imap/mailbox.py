@@ -2,14 +2,17 @@
 
 IMAP sequence numbers belong to a session: they change only when the
 session announces EXISTS or EXPUNGE.  The view keeps the UIDs announced so
-far (sequence number = position + 1) with their records, and follows the
-store through MODSEQs: `refresh()` asks for everything changed since the
-highest MODSEQ seen, adds new messages at the end, notes flag changes and
-keeps expunged messages in place ("gone") until the protocol may announce
-them with `take_expunged()`.  The store's notifier marks the view dirty.
+far in an array (sequence number = position + 1; 4 bytes a message, so a
+100,000-message mailbox costs 400 KB) and reads message records from the
+store a page at a time when a command needs them.  It follows the store
+through MODSEQs: `refresh()` asks for everything changed since the highest
+MODSEQ seen, adds new messages at the end, notes flag changes and keeps
+expunged messages in place ("gone") until the protocol may announce them
+with `take_expunged()`.  The store's notifier marks the view dirty.
 """
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
@@ -20,15 +23,19 @@ from zope.interface import implementer
 from emailsvc.imap.wire import Bad
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+PAGE = 500
+"""Message records read from the store at once."""
 
 
 @dataclass
 class Update:
-    """What a refresh found: UIDs now gone, new UIDs, UIDs whose flags changed."""
+    """What a refresh found: UIDs now gone, new UIDs, UIDs whose flags changed
+    (someone else's change; `records` has their new records)."""
 
     expunged: list[int] = field(default_factory=list)
     new: list[int] = field(default_factory=list)
     flags: list[int] = field(default_factory=list)
+    records: dict = field(default_factory=dict)
 
 
 @implementer(imap4.IMailbox, imap4.ISearchableMailbox, imap4.IMessageCopier, imap4.ICloseableMailbox)
@@ -41,13 +48,15 @@ class MailboxView:
         self.id = info.id
         self.info = info
         self.readonly = readonly
-        self.uids: list[int] = []
-        self.records: dict = {}
+        self.uids = array("I")
         self.gone: set[int] = set()
+        self.first_unseen: int | None = None
         self.modseq = 0
         self.dirty = False
         self.on_change = None
         self.listeners: list = []
+        self._keywords: dict[str, str] = {}
+        self._own_modseqs: set[int] = set()
         self._subscription = None
         self._lock = defer.DeferredLock()
 
@@ -55,16 +64,17 @@ class MailboxView:
 
     @defer.inlineCallbacks
     def open(self):
-        """Load the messages; subscribe first so no change is missed. @return: Deferred."""
+        """Load the UIDs; subscribe first so no change is missed. @return: Deferred."""
         self._subscription = self.mail.notifier.subscribe(self.id, self._changed)
         try:
-            info, records, _ = yield self.mail.mailbox_changes(self.id, 0)
+            info, uids, first_unseen, keywords = yield self.mail.mailbox_index(self.id)
         except BaseException:
             self.close()
             raise
         self.info = info
-        self.uids = [record.uid for record in records]
-        self.records = {record.uid: record for record in records}
+        self.uids = uids
+        self.first_unseen = first_unseen
+        self._keywords = {keyword.lower(): keyword for keyword in keywords}
         self.modseq = info.highestmodseq
 
     def _changed(self, mailbox_id):
@@ -90,22 +100,21 @@ class MailboxView:
         info, records, expunged = yield self.mail.mailbox_changes(self.id, self.modseq)
         update = Update()
         for uid in expunged:
-            if uid in self.records and uid not in self.gone:
+            if uid not in self.gone and self.seq(uid) is not None:
                 self.gone.add(uid)
                 update.expunged.append(uid)
         highest = self.uids[-1] if self.uids else 0
         for record in records:
-            old = self.records.get(record.uid)
-            if old is not None:
-                if record.uid not in self.gone:
-                    self.records[record.uid] = record
-                    if old.flags != record.flags or old.modseq != record.modseq:
-                        update.flags.append(record.uid)
-            elif record.uid > highest:
+            self.note_keywords(record.flags)
+            if record.uid > highest:
                 self.uids.append(record.uid)
-                self.records[record.uid] = record
                 update.new.append(record.uid)
                 highest = record.uid
+            elif (record.modseq not in self._own_modseqs and record.uid not in self.gone
+                  and self.seq(record.uid) is not None):
+                update.flags.append(record.uid)
+                update.records[record.uid] = record
+        self._own_modseqs.clear()
         self.modseq = max(self.modseq, info.highestmodseq)
         self.info = info
         return update
@@ -113,7 +122,7 @@ class MailboxView:
     def mark_gone(self, uids):
         """Messages this session expunged or moved away."""
         for uid in uids:
-            if uid in self.records:
+            if self.seq(uid) is not None:
                 self.gone.add(uid)
 
     def take_expunged(self) -> list[tuple[int, int]]:
@@ -123,15 +132,19 @@ class MailboxView:
             index = bisect_left(self.uids, uid)
             out.append((index + 1, uid))
             del self.uids[index]
-            del self.records[uid]
         self.gone.clear()
         return out
 
     def update_records(self, records):
-        """Records this session changed itself (STORE)."""
+        """Records this session changed itself (STORE): not announced again by refresh."""
         for record in records:
-            if record.uid in self.records and record.uid not in self.gone:
-                self.records[record.uid] = record
+            self._own_modseqs.add(record.modseq)
+            self.note_keywords(record.flags)
+
+    def note_keywords(self, flags):
+        for flag in flags:
+            if not flag.startswith("\\"):
+                self._keywords.setdefault(flag.lower(), flag)
 
     # Numbers
 
@@ -145,20 +158,22 @@ class MailboxView:
             return index + 1
         return None
 
-    def resolve(self, ranges, uid: bool) -> list[tuple[int, int]]:
-        """(sequence number, UID) pairs of a sequence or UID set, in order.
+    def spans(self, ranges, uid: bool) -> list[tuple[int, int]]:
+        """A sequence or UID set as sorted, disjoint [start, stop) index spans of `uids`.
 
         UID sets may name UIDs that do not exist; a sequence set naming a
         number above EXISTS (or "*" when empty) is a client error.
         """
-        picked: set[int] = set()
+        found = []
         if uid:
             top = self.uids[-1] if self.uids else 0
             for low, high in ranges:
                 low = top if low is None else low
                 high = top if high is None else high
                 low, high = min(low, high), max(low, high)
-                picked.update(range(bisect_left(self.uids, low), bisect_right(self.uids, high)))
+                start, stop = bisect_left(self.uids, low), bisect_right(self.uids, high)
+                if start < stop:
+                    found.append((start, stop))
         else:
             count = len(self.uids)
             for low, high in ranges:
@@ -167,8 +182,29 @@ class MailboxView:
                 low, high = min(low, high), max(low, high)
                 if low < 1 or high > count:
                     raise Bad("Invalid message sequence number")
-                picked.update(range(low - 1, high))
-        return [(index + 1, self.uids[index]) for index in sorted(picked)]
+                found.append((low - 1, high))
+        merged: list[tuple[int, int]] = []
+        for start, stop in sorted(found):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+            else:
+                merged.append((start, stop))
+        return merged
+
+    def pairs(self, spans, with_gone: bool = False):
+        """(sequence number, UID) of index spans, in order (lazily); the gone ones
+        (expunged, not announced yet) only `with_gone`."""
+        gone, uids = () if with_gone else self.gone, self.uids
+        for start, stop in spans:
+            for index in range(start, stop):
+                uid = uids[index]
+                if uid not in gone:
+                    yield index + 1, uid
+
+    def resolve(self, ranges, uid: bool) -> list[tuple[int, int]]:
+        """(sequence number, UID) pairs of a sequence or UID set, in order (gone ones included)."""
+        return [(index + 1, self.uids[index]) for start, stop in self.spans(ranges, uid)
+                for index in range(start, stop)]
 
     def uid_ranges(self, ranges, uid: bool) -> tuple:
         """A sequence or UID set as UID ranges for the store (SEARCH keys)."""
@@ -191,12 +227,17 @@ class MailboxView:
         return tuple(out)
 
     def keywords(self) -> list[str]:
+        return sorted(self._keywords.values())
+
+    @defer.inlineCallbacks
+    def records(self, uids):
+        """{UID: MessageRecord} of some UIDs, read a page at a time. @return: Deferred."""
+        uids = list(uids)
         found = {}
-        for record in self.records.values():
-            for flag in record.flags:
-                if not flag.startswith("\\"):
-                    found.setdefault(flag.lower(), flag)
-        return sorted(found.values())
+        for start in range(0, len(uids), PAGE):
+            for record, _, _ in (yield self.mail.message_page(self.id, uids[start:start + PAGE])):
+                found[record.uid] = record
+        return found
 
     # Twisted IMailboxInfo / IMailbox
 
@@ -222,7 +263,7 @@ class MailboxView:
         return 0
 
     def getUnseenCount(self):
-        return sum(1 for record in self.records.values() if "\\Seen" not in record.flags)
+        return self.info.unseen
 
     def isWriteable(self):
         return not self.readonly
@@ -250,13 +291,14 @@ class MailboxView:
     def expunge(self):
         return self.mail.expunge(self.id)
 
+    @defer.inlineCallbacks
     def fetch(self, messages, uid):
         """(sequence number, `Message`) pairs for a set, records only. @return: Deferred."""
         from emailsvc.imap.message import Message
 
-        pairs = self.resolve(messages, uid)
-        return defer.succeed([(seq, Message(self.records[u], self.account.blobs)) for seq, u in pairs
-                              if u not in self.gone])
+        pairs = list(self.pairs(self.spans(messages, uid)))
+        records = yield self.records(u for _, u in pairs)
+        return [(seq, Message(records[u], self.account.blobs)) for seq, u in pairs if u in records]
 
     def store(self, messages, flags, mode, uid):
         """Set (mode 0), add (1) or remove (-1) flags. @return: Deferred of {seq: flags}."""
@@ -274,7 +316,8 @@ class MailboxView:
     def search(self, query, uid):
         """Run a criteria tree (see emailsvc.imap.search); sequence numbers or UIDs."""
         d = self.mail.search(self.id, query)
-        return d.addCallback(lambda rows: [u if uid else self.seq(u) for u, _ in rows if u in self.records])
+        return d.addCallback(lambda rows: [u if uid else self.seq(u) for u, _ in rows
+                                           if u not in self.gone and self.seq(u) is not None])
 
     def copy(self, messageObject):
         """Copy one `Message` of another view into this mailbox. @return: Deferred of the new UID."""

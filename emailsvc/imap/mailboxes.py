@@ -69,8 +69,7 @@ class MailboxCommands:
         self.untagged(b"OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted")
         self.untagged(b"%d EXISTS" % view.exists)
         self.untagged(b"0 RECENT")
-        unseen = next((index + 1 for index, uid in enumerate(view.uids)
-                       if "\\Seen" not in view.records[uid].flags), None)
+        unseen = None if view.first_unseen is None else view.seq(view.first_unseen)
         if unseen is not None:
             self.untagged(b"OK [UNSEEN %d] First unseen" % unseen)
         self.untagged(b"OK [UIDVALIDITY %d] UIDs valid" % info.uidvalidity)
@@ -120,9 +119,10 @@ class MailboxCommands:
             gone = sorted(wanted)
         if gone:
             self.untagged(b"VANISHED (EARLIER) " + format_set(gone))
-        for seq, uid in enumerate(view.uids, 1):
-            record = view.records[uid]
-            if record.modseq > modseq:
+        _, changed, _ = await view.mail.mailbox_changes(view.id, modseq)
+        for record in changed:
+            seq, uid = view.seq(record.uid), record.uid
+            if seq is not None and record.modseq <= view.modseq:
                 self.untagged(b"%d FETCH (UID %d FLAGS (%s) MODSEQ (%d))" % (
                     seq, uid, " ".join(sorted(record.flags)).encode("ascii", "replace"), record.modseq))
 

@@ -203,26 +203,32 @@ def resolve_headers(node, view, indexed):
     _collect(node, indexed, wanted)
     if not wanted:
         return node
-    uids = [uid for uid in view.uids if uid not in view.gone]
-    records = [view.records[uid] for uid in uids]
-    keys = yield view.mail.get_parsed([record.content_id for record in records], ["body"])
     matches = {spec: [] for spec in wanted}
-    for record in records:
-        found = keys.get(record.content_id)
-        if found is None:
-            continue
-        blob_key, fields = found
-        end = (fields.get("body") or {}).get("body_start") or HEADER_CAP
-        block = yield view.account.blobs.get(blob_key, 0, min(end, HEADER_CAP))
-        parsed = split_fields(block)
-        for name, value in wanted:
-            for field_name, text in parsed:
-                if field_name.decode("ascii", "replace") == name:
-                    body = text.split(b":", 1)[1].decode("utf-8", "replace") if b":" in text else ""
-                    if value.casefold() in " ".join(body.split()).casefold():
-                        matches[(name, value)].append(record.uid)
-                        break
+    pairs = view.pairs([(0, len(view.uids))])
+    while True:
+        # A page of records and body offsets at a time, not the mailbox.
+        page = [uid for _, (_, uid) in zip(range(500), pairs)]
+        if not page:
+            break
+        rows = yield view.mail.message_page(view.id, page, ["body"])
+        for record, blob_key, fields in rows:
+            yield _match_headers(view, record, blob_key, fields, wanted, matches)
     return _replace(node, indexed, matches)
+
+
+@defer.inlineCallbacks
+def _match_headers(view, record, blob_key, fields, wanted, matches):
+    """Add the message's UID to the matches of each wanted (field, value) it has."""
+    end = (fields.get("body") or {}).get("body_start") or HEADER_CAP
+    block = yield view.account.blobs.get(blob_key, 0, min(end, HEADER_CAP))
+    parsed = split_fields(block)
+    for name, value in wanted:
+        for field_name, text in parsed:
+            if field_name.decode("ascii", "replace") == name:
+                body = text.split(b":", 1)[1].decode("utf-8", "replace") if b":" in text else ""
+                if value.casefold() in " ".join(body.split()).casefold():
+                    matches[(name, value)].append(record.uid)
+                    break
 
 
 def _collect(node, indexed, wanted):

@@ -7,7 +7,7 @@ flag changes and, where RFC 3501 allows, EXPUNGE (VANISHED with QRESYNC).
 """
 from __future__ import annotations
 
-from emailsvc.imap.fetch import parse_items, render_items
+from emailsvc.imap.fetch import expunged_line, parse_items, render_items
 from emailsvc.imap.mailboxes import parse_flags
 from emailsvc.imap.message import Message
 from emailsvc.imap.search import SearchParser, check_charset, parse_charset, parse_sort_keys, resolve_headers
@@ -15,6 +15,9 @@ from emailsvc.imap.wire import Atom, Bad, No, flag_list, format_pairs_set, forma
 
 CRLF = b"\r\n"
 _BATCH = 100
+"""Messages a page when FETCH reads message bytes."""
+_PAGE = 500
+"""Messages a page otherwise (records and parsed fields only)."""
 _JUNK, _TRASH = "\\Junk", "\\Trash"
 
 
@@ -33,7 +36,7 @@ class SelectedCommands:
             for uid in update.flags:
                 seq = view.seq(uid)
                 if seq is not None and uid not in view.gone:
-                    self.untagged(self._flags_fetch(seq, view.records[uid], True))
+                    self.untagged(self._flags_fetch(seq, update.records[uid], True))
             if update.new:
                 self.untagged(b"%d EXISTS" % view.exists)
         if expunges and view.gone:
@@ -68,7 +71,7 @@ class SelectedCommands:
         args.end()
         view = self.view
         if not view.readonly:
-            await view.mail.expunge(view.id, list(view.uids))
+            await view.mail.expunge(view.id, view.uids)
         self._unselect()
 
     async def cmd_unselect(self, tag, args, uid):
@@ -81,7 +84,7 @@ class SelectedCommands:
         view = self.view
         if view.readonly:
             raise No("Mailbox is read-only", "READ-ONLY")
-        wanted = [u for _, u in view.resolve(ranges, True)] if uid else list(view.uids)
+        wanted = [u for _, u in view.pairs(view.spans(ranges, True))] if uid else view.uids
         expunged = await view.mail.expunge(view.id, wanted)
         view.mark_gone(expunged)
         if "CONDSTORE" in self.enabled and expunged:
@@ -101,19 +104,33 @@ class SelectedCommands:
 
     def _visible(self, rows):
         view = self.view
-        return [(u, modseq) for u, modseq in rows if u in view.records and u not in view.gone]
+        return [(u, modseq) for u, modseq in rows if u not in view.gone and view.seq(u) is not None]
 
     async def cmd_search(self, tag, args, uid):
         if isinstance(args.peek(), Atom) and bytes(args.peek()).upper() == b"RETURN":
             raise Bad("ESEARCH is not supported")
         parse_charset(args)
         tree, modseq = await self._search_tree(args)
-        rows = self._visible(await self.view.mail.search(self.view.id, tree))
-        numbers = sorted(u if uid else self.view.seq(u) for u, _ in rows)
-        line = b" ".join([b"SEARCH"] + [b"%d" % n for n in numbers])
-        if modseq and rows:
-            line += b" (MODSEQ %d)" % max(m for _, m in rows)
-        self.untagged(line)
+        view = self.view
+        uids, modseqs = await view.mail.search_uids(view.id, tree)
+        if self.closed or self.view is not view:
+            return
+        # UID order is sequence order: the numbers come out sorted, a page at a time.
+        highest, chunk = 0, [b"* SEARCH"]
+        for index, u in enumerate(uids):
+            if u in view.gone:
+                continue
+            seq = view.seq(u)
+            if seq is None:
+                continue
+            chunk.append(b"%d" % (u if uid else seq))
+            highest = max(highest, modseqs[index])
+            if len(chunk) >= 2000:
+                self.write(b" ".join(chunk))
+                chunk = [b""]
+        if modseq and highest:
+            chunk.append(b"(MODSEQ %d)" % highest)
+        self.write(b" ".join(chunk) + CRLF)
 
     async def cmd_sort(self, tag, args, uid):
         keys = parse_sort_keys(args.list("sort criteria"))
@@ -147,47 +164,67 @@ class SelectedCommands:
         args.end()
         if changed_since is not None or any(item.name == "MODSEQ" for item in items):
             self.enabled.add("CONDSTORE")
-        pairs = [(seq, u) for seq, u in view.resolve(ranges, uid) if u not in view.gone]
+        spans = view.spans(ranges, uid)
         if vanished:
             gone = await view.mail.expunged_since(view.id, changed_since)
             wanted = {u for u in gone if any((low or 0) <= u <= (high or 2 ** 32)
                                               for low, high in ranges)}
             if wanted:
                 self.untagged(b"VANISHED (EARLIER) " + format_set(wanted))
-        if changed_since is not None:
-            pairs = [(seq, u) for seq, u in pairs if view.records[u].modseq > changed_since]
-        seen = set()
-        if not view.readonly and any(item.sets_seen for item in items):
-            unseen = [u for _, u in pairs if "\\Seen" not in view.records[u].flags]
-            if unseen:
-                changed, _ = await view.mail.store_flags(view.id, unseen, ["\\Seen"], "add")
-                view.update_records(changed)
-                seen = {record.uid for record in changed}
         needs = set().union(*(item.needs for item in items))
-        fields = sorted(needs - {"blob"})
+        fields = sorted(needs - {"blob"}) if needs else None
         streaming = "blob" in needs
-        if streaming:
-            self.transport.registerProducer(self, True)
+        sets_seen = not view.readonly and any(item.sets_seen for item in items)
+        modseq = "CONDSTORE" in self.enabled
+        # Messages expunged by others but still numbered here are answered
+        # too, from what the session knows (see expunged_line).
+        pairs = view.pairs(spans, with_gone=True)
+        # The transport tells (pauseProducing) when its buffer is full: FETCH
+        # waits instead of buffering the whole answer.
+        self.transport.registerProducer(self, True)
         try:
-            for start in range(0, len(pairs), _BATCH):
-                batch = pairs[start:start + _BATCH]
-                parsed = {}
-                if needs:
-                    parsed = await view.mail.get_parsed([view.records[u].content_id for _, u in batch], fields)
-                for seq, u in batch:
-                    record = view.records.get(u)
-                    if record is None or self.closed or self.view is not view:
+            while True:
+                # One page of records (and parsed fields) at a time: memory
+                # does not grow with the mailbox or the set.
+                page = [pair for _, pair in zip(range(_PAGE if not streaming else _BATCH), pairs)]
+                if not page:
+                    break
+                rows = await view.mail.message_page(view.id, [u for _, u in page], fields)
+                if self.closed or self.view is not view:
+                    return
+                found = {record.uid: (record, blob_key, values) for record, blob_key, values in rows}
+                if changed_since is not None:
+                    page = [(seq, u) for seq, u in page if u in found and found[u][0].modseq > changed_since]
+                seen = set()
+                if sets_seen:
+                    unseen = [u for _, u in page if u in found and "\\Seen" not in found[u][0].flags]
+                    if unseen:
+                        changed, _ = await view.mail.store_flags(view.id, unseen, ["\\Seen"], "add")
+                        view.update_records(changed)
+                        for record in changed:
+                            found[record.uid] = (record,) + found[record.uid][1:]
+                            seen.add(record.uid)
+                for seq, u in page:
+                    if u not in found:
+                        # Expunged by another session, not announced yet: the
+                        # session knows only its UID, the rest is NIL (RFC 2180 4.1.3).
+                        self.write(expunged_line(seq, u, items, uid_first=uid) + CRLF)
                         continue
-                    blob_key, values = parsed.get(record.content_id, (None, {}))
+                    record, blob_key, values = found[u]
                     message = Message(record, self.account.blobs, blob_key, values)
                     line = await render_items(message, items, seq, uid_first=uid,
-                                              modseq="CONDSTORE" in self.enabled, flags_changed=u in seen)
+                                              modseq=modseq, flags_changed=u in seen)
+                    if self.closed or self.view is not view:
+                        return
                     self.write(line + CRLF)
+                    if streaming:
+                        await self.writable()
+                if not streaming:
                     await self.writable()
                 if self.closed:
                     return
         finally:
-            if streaming and not self.closed:
+            if not self.closed:
                 self.transport.unregisterProducer()
 
     # Store
@@ -213,14 +250,18 @@ class SelectedCommands:
         flags = parse_flags(tokens)
         if view.readonly:
             raise No("Mailbox is read-only", "READ-ONLY")
-        pairs = [(seq, u) for seq, u in view.resolve(ranges, uid) if u not in view.gone]
+        pairs = list(view.pairs(view.spans(ranges, uid)))
         changed, refused = await view.mail.store_flags(view.id, [u for _, u in pairs], flags, mode, unchanged_since)
         view.update_records(changed)
-        changed_uids = {record.uid for record in changed}
+        records = {record.uid: record for record in changed}
         refused = set(refused)
         condstore = "CONDSTORE" in self.enabled
+        if not silent:
+            # Unchanged messages are reported too, with their current flags.
+            records.update(await view.records(u for _, u in pairs if u not in records and u not in refused))
+        changed_uids = {record.uid for record in changed}
         for seq, u in pairs:
-            record = view.records.get(u)
+            record = records.get(u)
             if record is None or u in refused:
                 continue
             if not silent:
@@ -244,7 +285,7 @@ class SelectedCommands:
         ranges = args.sequence_set()
         name = args.mailbox()
         args.end()
-        pairs = [(seq, u) for seq, u in view.resolve(ranges, uid) if u not in view.gone]
+        pairs = list(view.pairs(view.spans(ranges, uid)))
         target = await self.account.get(name)
         if target is None:
             raise No("No such mailbox", "TRYCREATE")
@@ -254,12 +295,16 @@ class SelectedCommands:
         if not pairs:
             return f"{verb} completed (no messages)"
         uids = [u for _, u in pairs]
-        contents = [view.records[u].content_id for u in uids]
+        verdict = feedback_verdict(view.info.special_use, target.special_use)
+        contents = []
+        if verdict is not None:
+            contents = [record.content_id for record in (await view.records(uids)).values()]
         if move:
             mapping = await view.mail.move(view.id, uids, target.id)
         else:
             mapping = await view.mail.copy(view.id, uids, target.id)
-        await self._record_feedback(view.info.special_use, target.special_use, contents)
+        if verdict is not None:
+            await self._record_feedback(verdict, contents)
         code = None
         if mapping:
             code = (f"COPYUID {target.uidvalidity} {format_pairs_set(mapping.keys()).decode()}"
@@ -272,15 +317,17 @@ class SelectedCommands:
         self.announce_expunges()
         return "MOVE completed"
 
-    async def _record_feedback(self, source_use, target_use, contents):
-        """Moves into Junk train as spam, out of Junk (not to Trash) as ham."""
-        verdict = None
-        if target_use == _JUNK and source_use != _JUNK:
-            verdict = "spam"
-        elif source_use == _JUNK and target_use not in (_JUNK, _TRASH):
-            verdict = "ham"
-        if verdict is not None:
-            try:
-                await self.account.store.record_feedback(self.account.user_id, contents, verdict)
-            except Exception:
-                self.log.failure("Recording {verdict} feedback failed", verdict=verdict)
+    async def _record_feedback(self, verdict, contents):
+        try:
+            await self.account.store.record_feedback(self.account.user_id, contents, verdict)
+        except Exception:
+            self.log.failure("Recording {verdict} feedback failed", verdict=verdict)
+
+
+def feedback_verdict(source_use, target_use):
+    """Moves into Junk train as spam, out of Junk (not to Trash) as ham; else None."""
+    if target_use == _JUNK and source_use != _JUNK:
+        return "spam"
+    if source_use == _JUNK and target_use not in (_JUNK, _TRASH):
+        return "ham"
+    return None

@@ -87,7 +87,7 @@ class AdapterTests(unittest.TestCase):
         self.assertEqual((update.flags, update.expunged, view.exists), ([1], [2], 3))
         self.assertEqual(view.resolve([(2, None)], False), [(2, 2), (3, 3)])
         self.assertEqual(view.take_expunged(), [(2, 2)])
-        self.assertEqual(view.uids, [1, 3])
+        self.assertEqual(list(view.uids), [1, 3])
         self.assertEqual(view.resolve([(2, 3)], True), [(2, 3)])
         self.assertEqual(view.resolve([(5, None)], True), [(2, 3)])
         self.assertRaises(Bad, view.resolve, [(3, 3)], False)

@@ -99,18 +99,25 @@ class IdleTests(IMAPTestCase):
                 other.command(b"A", b"STORE 1 +FLAGS.SILENT (\\Deleted)")
                 other.command(b"B", b"EXPUNGE")
                 time.sleep(0.2)
+                body = reader.command(b"E", b"FETCH 1:2 (FLAGS BODY.PEEK[HEADER] RFC822.SIZE)")
                 fetch = reader.command(b"F", b"FETCH 1:2 (UID)")
+                flags = reader.command(b"H", b"FETCH 1:2 (FLAGS)")
                 noop = reader.command(b"N", b"NOOP")
                 after = reader.command(b"G", b"FETCH 1:* (UID)")
-                return fetch, noop, after
+                return body, fetch, flags, noop, after
             finally:
                 reader.close()
                 other.close()
 
         def check(result):
-            fetch, noop, after = result
-            # Still numbered as announced (1 is served from what the session knew).
+            body, fetch, flags, noop, after = result
+            self.assertEqual(body[0], b"* 1 FETCH (FLAGS (\\Deleted) BODY[HEADER] NIL RFC822.SIZE 0)\r\n")
+            self.assertTrue(body[1].startswith(b"* 2 FETCH (FLAGS () BODY[HEADER] {"), body)
+            # Still numbered as announced (1 is served from what the session
+            # knew: its UID; the rest went with it, RFC 2180 4.1.3).
             self.assertEqual(fetch, [b"* 1 FETCH (UID 1)\r\n", b"* 2 FETCH (UID 2)\r\n", b"F OK FETCH completed\r\n"])
+            self.assertEqual(flags, [b"* 1 FETCH (FLAGS (\\Deleted))\r\n", b"* 2 FETCH (FLAGS ())\r\n",
+                                     b"H OK FETCH completed\r\n"])
             self.assertEqual(noop, [b"* 1 EXPUNGE\r\n", b"N OK NOOP completed\r\n"])
             self.assertEqual(after, [b"* 1 FETCH (UID 2)\r\n", b"G OK FETCH completed\r\n"])
 

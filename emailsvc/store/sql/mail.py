@@ -7,6 +7,7 @@ after the message is expunged or the transaction is rolled back.
 from __future__ import annotations
 
 import json
+from array import array
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -529,6 +530,88 @@ class SQLMailStore:
                               for name, value in zip(fields, row[2:])}
                     found[row[0]] = (row[1], values)
             return found
+
+        return self._db.read(query)
+
+    # Compact and paged reads, for mailboxes of any size (IMAP selected state)
+
+    def mailbox_index(self, mailbox_id):
+        def query(connection):
+            row = connection.execute(
+                f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("no such mailbox")
+            uids = array("I", (uid for (uid,) in connection.execute(
+                "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
+            )))
+            first_unseen = connection.execute(
+                "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND flags & 1 = 0", (mailbox_id,)
+            ).fetchone()[0]
+            keywords = {}
+            for (text,) in connection.execute(
+                "SELECT DISTINCT keywords FROM messages WHERE mailbox_id = ? AND keywords != ''", (mailbox_id,)
+            ):
+                for keyword in text.split():
+                    keywords.setdefault(keyword.lower(), keyword)
+            return _mailbox(row), uids, first_unseen, sorted(keywords.values())
+
+        return self._db.read(query)
+
+    def message_page(self, mailbox_id, uids, fields=None):
+        uids = sorted(set(uids))
+        if fields is not None:
+            fields = list(fields)
+            for name in fields:
+                if not name.replace("_", "").isalnum():
+                    raise ValueError(f"bad parsed field name {name!r}")
+
+        def query(connection):
+            columns = ", ".join("m." + name.strip() for name in _MESSAGE_COLUMNS.split(","))
+            join = ""
+            if fields is not None:
+                columns += ", c.blob_key" + "".join(f", c.parsed -> '$.{name}'" for name in fields)
+                join = " JOIN contents c ON c.id = m.content_id"
+            sql = f"SELECT {columns} FROM messages m{join} WHERE m.mailbox_id = ?"
+            if not uids:
+                return []
+            if uids[-1] - uids[0] < 2 * len(uids) + 64:
+                # Dense (the usual 1:*): one range scan, the holes filtered here.
+                wanted = set(uids)
+                rows = [row for row in connection.execute(
+                    sql + " AND m.uid BETWEEN ? AND ? ORDER BY m.uid", (mailbox_id, uids[0], uids[-1])
+                ) if row[1] in wanted]
+            else:
+                rows = []
+                for chunk in _chunks(uids):
+                    rows.extend(connection.execute(
+                        f"{sql} AND m.uid IN ({_placeholders(chunk)}) ORDER BY m.uid", (mailbox_id, *chunk)
+                    ))
+            out = []
+            for row in rows:
+                if fields is None:
+                    out.append((_record(row), None, {}))
+                else:
+                    values = {name: None if value is None else json.loads(value)
+                              for name, value in zip(fields, row[9:])}
+                    out.append((_record(row), row[8], values))
+            return out
+
+        return self._db.read(query)
+
+    def search_uids(self, mailbox_id, criteria):
+        try:
+            sql, params = compile_search(mailbox_id, criteria)
+        except InvalidName:
+            return defer.fail()
+
+        def query(connection):
+            connection.create_function("imap_fold", 1, fold, deterministic=True)
+            uids, modseqs = array("I"), array("Q")
+            for uid, modseq in connection.execute(sql, params):
+                uids.append(uid)
+                modseqs.append(modseq)
+            return uids, modseqs
 
         return self._db.read(query)
 
