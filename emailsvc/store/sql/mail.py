@@ -96,6 +96,14 @@ def _mailbox(row) -> Mailbox | None:
     )
 
 
+def _mailbox_row(connection, mailbox_id):
+    """The mailbox row with its counts; raises NotFound."""
+    row = connection.execute(f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+    if row is None:
+        raise NotFound("no such mailbox")
+    return row
+
+
 def _chunks(items):
     items = list(items)
     for start in range(0, len(items), _CHUNK):
@@ -494,11 +502,7 @@ class SQLMailStore:
 
     def mailbox_changes(self, mailbox_id, since_modseq=0):
         def query(connection):
-            row = connection.execute(
-                f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE id = ?", (mailbox_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFound("no such mailbox")
+            row = _mailbox_row(connection, mailbox_id)
             records = [_record(row) for row in connection.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
                 (mailbox_id, since_modseq),
@@ -537,11 +541,7 @@ class SQLMailStore:
 
     def mailbox_index(self, mailbox_id):
         def query(connection):
-            row = connection.execute(
-                f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE id = ?", (mailbox_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFound("no such mailbox")
+            row = _mailbox_row(connection, mailbox_id)
             uids = array("I", (uid for (uid,) in connection.execute(
                 "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
             )))
