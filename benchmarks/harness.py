@@ -238,3 +238,22 @@ def machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {model or 'unknown CPU'}, Linux {os.uname().release}"
+
+
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.rst")
+
+
+def write_results(name: str, title: str, text: str) -> None:
+    """Replace the `.. NAME-results-begin/end` block of benchmarks/README.rst
+    with `text`, or append it under `title` when the block is missing."""
+    begin, end = f".. {name}-results-begin", f".. {name}-results-end"
+    with open(README, encoding="utf-8") as handle:
+        current = handle.read()
+    block = f"{begin}\n\n{text}\n{end}"
+    if begin in current and end in current:
+        updated = current[:current.index(begin)] + block + current[current.index(end) + len(end):]
+    else:
+        updated = f"{current.rstrip()}\n\n{title}\n{'-' * len(title)}\n\n{block}\n"
+    with open(README, "w", encoding="utf-8") as handle:
+        handle.write(updated)
+

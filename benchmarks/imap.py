@@ -45,8 +45,6 @@ sys.path.insert(0, HERE)
 import harness  # noqa: E402
 import imap_load  # noqa: E402
 
-README = os.path.join(HERE, "README.rst")
-BEGIN, END = ".. imap-results-begin", ".. imap-results-end"
 DOVECOT = "/usr/sbin/dovecot"
 DOVEADM = "/usr/bin/doveadm"
 PASSWORD = "bench-password"
@@ -299,18 +297,6 @@ def report(options, setups, results) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_readme(text: str) -> None:
-    with open(README, encoding="utf-8") as handle:
-        content = handle.read()
-    block = f"{BEGIN}\n\n{text}\n{END}"
-    if BEGIN in content and END in content:
-        content = content[:content.index(BEGIN)] + block + content[content.index(END) + len(END):]
-    else:
-        content = content.rstrip("\n") + "\n\n" + block + "\n"
-    with open(README, "w", encoding="utf-8") as handle:
-        handle.write(content)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=8)
@@ -352,7 +338,7 @@ def main():
     text = report(options, setups, results)
     print(text)
     if not options.no_readme:
-        write_readme(text)
+        harness.write_results("imap", "Latest IMAP figures", text)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,6 @@ from emailsvc.store.fsblobs import FilesystemBlobStore  # noqa: E402
 from emailsvc.store.sql.backend import SQLiteBackend  # noqa: E402
 from tests.imap.bigmailbox import fill, probe  # noqa: E402
 
-README = os.path.join(HERE, "README.rst")
-BEGIN, END = ".. imap-bigmailbox-results-begin", ".. imap-bigmailbox-results-end"
 USER, PASSWORD = "alice@example.test", "bench-password"
 
 
@@ -91,18 +89,6 @@ def report(messages, filled, timed, traced) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_readme(text: str) -> None:
-    with open(README, encoding="utf-8") as handle:
-        content = handle.read()
-    block = f"{BEGIN}\n\n{text}\n{END}"
-    if BEGIN in content and END in content:
-        content = content[:content.index(BEGIN)] + block + content[content.index(END) + len(END):]
-    else:
-        content = content.rstrip("\n") + "\n\n" + block + "\n"
-    with open(README, "w", encoding="utf-8") as handle:
-        handle.write(content)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=100_000)
@@ -124,7 +110,7 @@ def main():
     text = report(options.messages, filled, timed, traced)
     print(text)
     if not options.no_readme:
-        write_readme(text)
+        harness.write_results("imap-bigmailbox", "IMAP on a 100,000-message mailbox", text)
 
 
 if __name__ == "__main__":

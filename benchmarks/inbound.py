@@ -38,15 +38,15 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import harness  # noqa: E402
+from tests.delivery.postfix import write_master_cf  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 POSTFIX = "/usr/sbin/postfix"
 SENDER = "sender@remote.test"
-README = os.path.join(HERE, "README.rst")
-BEGIN, END = ".. inbound-results-begin", ".. inbound-results-end"
 VMAIL_UID = 65534  # nobody: virtual(8) refuses uids below virtual_minimum_uid (100)
 SERVERS = ("emailsvc", "postfix", "aiosmtpd")
 
@@ -173,36 +173,7 @@ virtual_gid_maps = static:{VMAIL_UID}
 maillog_file = {self.log}
 maillog_file_prefixes = {self.root}
 """)
-        # The services of Debian's master.cf that this needs, none chrooted
-        # (a chroot would want copies of /etc files in the queue directory).
-        services = [
-            (f"127.0.0.1:{self.port}", "inet", "n", "-", "n", "-", "-", "smtpd"),
-            ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
-            ("cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"),
-            ("qmgr", "unix", "n", "-", "n", "300", "1", "qmgr"),
-            ("rewrite", "unix", "-", "-", "n", "-", "-", "trivial-rewrite"),
-            ("bounce", "unix", "-", "-", "n", "-", "0", "bounce"),
-            ("defer", "unix", "-", "-", "n", "-", "0", "bounce"),
-            ("trace", "unix", "-", "-", "n", "-", "0", "bounce"),
-            ("verify", "unix", "-", "-", "n", "-", "1", "verify"),
-            ("flush", "unix", "n", "-", "n", "1000?", "0", "flush"),
-            ("proxymap", "unix", "-", "-", "n", "-", "-", "proxymap"),
-            ("proxywrite", "unix", "-", "-", "n", "-", "1", "proxymap"),
-            ("smtp", "unix", "-", "-", "n", "-", "-", "smtp"),
-            ("relay", "unix", "-", "-", "n", "-", "-", "smtp"),
-            ("showq", "unix", "n", "-", "n", "-", "-", "showq"),
-            ("error", "unix", "-", "-", "n", "-", "-", "error"),
-            ("retry", "unix", "-", "-", "n", "-", "-", "error"),
-            ("discard", "unix", "-", "-", "n", "-", "-", "discard"),
-            ("local", "unix", "-", "n", "n", "-", "-", "local"),
-            ("virtual", "unix", "-", "n", "n", "-", "-", "virtual"),
-            ("anvil", "unix", "-", "-", "n", "-", "1", "anvil"),
-            ("scache", "unix", "-", "-", "n", "-", "1", "scache"),
-            ("postlog", "unix-dgram", "n", "-", "n", "-", "1", "postlogd"),
-        ]
-        with open(os.path.join(self.etc, "master.cf"), "w", encoding="ascii") as handle:
-            for service in services:
-                handle.write(" ".join(f"{field:<10}" for field in service).rstrip() + "\n")
+        write_master_cf(os.path.join(self.etc, "master.cf"), self.port)
 
     def _postfix(self, *command: str, check: bool = True):
         result = subprocess.run([POSTFIX, "-c", self.etc, *command], capture_output=True, text=True,
@@ -404,24 +375,6 @@ def figures(args, runs, medians, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_readme(text: str) -> None:
-    try:
-        with open(README, encoding="utf-8") as handle:
-            current = handle.read()
-    except FileNotFoundError:
-        current = ""
-    block = f"{BEGIN}\n\n{text}\n{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        updated = head + block + tail
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + "Latest inbound figures\n" \
-            "----------------------\n\n" + block + "\n"
-    with open(README, "w", encoding="utf-8") as handle:
-        handle.write(updated)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=10_000)
@@ -488,8 +441,8 @@ def main(argv=None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     command = " ".join(["python benchmarks/inbound.py", *arguments])
     if not args.no_readme and not args.profile and not args.checks:
-        write_readme(figures(args, runs, medians, command))
-        print(f"wrote {os.path.relpath(README)}")
+        harness.write_results("inbound", "Latest inbound figures", figures(args, runs, medians, command))
+        print(f"wrote {os.path.relpath(harness.README)}")
     return 0 if all(value is not None for value in medians.values()) else 1
 
 

@@ -237,17 +237,7 @@ def parse_sequence_set(raw: bytes) -> list[tuple[int | None, int | None]]:
 
 def format_set(numbers) -> bytes:
     """Sorted unique numbers as a compact set: 1:3,7."""
-    out = []
-    numbers = sorted(set(numbers))
-    index = 0
-    while index < len(numbers):
-        start = end = numbers[index]
-        while index + 1 < len(numbers) and numbers[index + 1] == end + 1:
-            index += 1
-            end = numbers[index]
-        out.append(b"%d" % start if start == end else b"%d:%d" % (start, end))
-        index += 1
-    return b",".join(out)
+    return format_pairs_set(sorted(set(numbers)))
 
 
 def format_pairs_set(numbers) -> bytes:

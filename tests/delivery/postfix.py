@@ -24,6 +24,7 @@ _SERVICES = [
     ("verify", "unix", "-", "-", "n", "-", "1", "verify"),
     ("flush", "unix", "n", "-", "n", "1000?", "0", "flush"),
     ("proxymap", "unix", "-", "-", "n", "-", "-", "proxymap"),
+    ("proxywrite", "unix", "-", "-", "n", "-", "1", "proxymap"),
     ("smtp", "unix", "-", "-", "n", "-", "-", "smtp"),
     ("relay", "unix", "-", "-", "n", "-", "-", "smtp"),
     ("showq", "unix", "n", "-", "n", "-", "-", "showq"),
@@ -37,6 +38,14 @@ _SERVICES = [
     ("tlsmgr", "unix", "-", "-", "n", "1000?", "1", "tlsmgr"),
     ("postlog", "unix-dgram", "n", "-", "n", "-", "1", "postlogd"),
 ]
+
+
+def write_master_cf(path: str, port: int) -> None:
+    """A master.cf with smtpd on 127.0.0.1:`port` and the services above."""
+    services = [(f"127.0.0.1:{port}", "inet", "n", "-", "n", "-", "-", "smtpd")] + _SERVICES
+    with open(path, "w", encoding="ascii") as handle:
+        for service in services:
+            handle.write(" ".join(f"{item:<10}" for item in service).rstrip() + "\n")
 
 
 def available() -> str | None:
@@ -112,10 +121,7 @@ class Postfix:
                 f"maillog_file_prefixes = {self.root}\n"
                 + tls
             )
-        services = [(f"127.0.0.1:{self.port}", "inet", "n", "-", "n", "-", "-", "smtpd")] + _SERVICES
-        with open(os.path.join(self.etc, "master.cf"), "w", encoding="ascii") as handle:
-            for service in services:
-                handle.write(" ".join(f"{item:<10}" for item in service).rstrip() + "\n")
+        write_master_cf(os.path.join(self.etc, "master.cf"), self.port)
 
     def _postfix(self, *command: str, check: bool = True):
         result = subprocess.run([POSTFIX, "-c", self.etc, *command], capture_output=True, text=True,
