@@ -23,7 +23,7 @@ from emailsvc.service import InFlight
 from emailsvc.smtp.submission import SubmissionFactory, SubmissionSession, submitter_factory
 from tests.delivery.test_remote import start_fleet
 from tests.fakedns import DNSTestCase
-from tests.store.test_sqlite import open_embedded
+from tests.store.test_sqlite import open_embedded, stored_messages
 
 HOST = "mail.example.test"
 PASSWORD = "alice-secret-1"
@@ -84,12 +84,8 @@ class EndToEndTests(DNSTestCase, unittest.TestCase):
 
     @defer.inlineCallbacks
     def inbox(self, user):
-        box = yield self.mail.get_mailbox(user.id, "INBOX")
-        found = []
-        for record in (yield self.mail.list_messages(box.id)):
-            content = yield self.mail.get_content(record.content_id)
-            found.append((yield self.blobs.get(content.blob_key)))
-        return found
+        messages = yield stored_messages(self.mail, self.blobs, user.id)
+        return [raw for _, _, raw in messages]
 
     @defer.inlineCallbacks
     def statuses(self):

@@ -14,7 +14,7 @@ from emailsvc.delivery.remote import DELIVERED, PERMANENT, TEMPORARY, Attempt
 from emailsvc.delivery.sqlqueue import Outcome, SQLQueueStore
 from emailsvc.errors import BlobNotFound
 from emailsvc.interfaces import IQueue
-from tests.store.test_sqlite import open_embedded
+from tests.store.test_sqlite import open_embedded, stored_messages
 
 MESSAGE = b"From: alice@example.test\r\nTo: x@remote.test\r\nSubject: hi\r\n\r\nbody\r\n"
 START = 1_800_000_000
@@ -65,12 +65,8 @@ class QueueFixture:
 
     @defer.inlineCallbacks
     def inbox(self, user):
-        box = yield self.mail.get_mailbox(user.id, "INBOX")
-        found = []
-        for record in (yield self.mail.list_messages(box.id)):
-            content = yield self.mail.get_content(record.content_id)
-            found.append((yield self.blobs.get(content.blob_key)))
-        return found
+        messages = yield stored_messages(self.mail, self.blobs, user.id)
+        return [raw for _, _, raw in messages]
 
     @defer.inlineCallbacks
     def statuses(self):

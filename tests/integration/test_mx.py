@@ -16,7 +16,7 @@ from emailsvc.service import InFlight
 from emailsvc.smtp.server import SMTPServerFactory
 from emailsvc.smtp.session import MXSession
 from tests.fakedns import DNSTestCase
-from tests.store.test_sqlite import open_embedded
+from tests.store.test_sqlite import open_embedded, stored_messages
 
 MESSAGE = b"From: Bob <bob@remote.example>\r\nTo: alice@example.test\r\nSubject: hello\r\n\r\nHi Alice.\r\n"
 
@@ -65,14 +65,8 @@ class MXTests(DNSTestCase, unittest.TestCase):
 
         return deferToThread(run)
 
-    @defer.inlineCallbacks
     def inbox(self, user, name="INBOX"):
-        box = yield self.mail.get_mailbox(user.id, name)
-        messages = []
-        for record in (yield self.mail.list_messages(box.id)):
-            content = yield self.mail.get_content(record.content_id)
-            messages.append((record, content, (yield self.blobs.get(content.blob_key))))
-        return messages
+        return stored_messages(self.mail, self.blobs, user.id, name)
 
     @defer.inlineCallbacks
     def test_delivery_with_trace_fields(self):

@@ -28,7 +28,7 @@ from emailsvc.smtp.server import SMTPServerFactory
 from emailsvc.smtp.session import MXSession
 from emailsvc.smtp.submission import RateLimiter, SubmissionFactory, SubmissionSession, submitter_factory
 from tests.fakedns import DNSTestCase
-from tests.store.test_sqlite import open_embedded
+from tests.store.test_sqlite import open_embedded, stored_messages
 
 HOST = "mail.example.test"
 ALICE_PW = "alice-secret-1"
@@ -129,12 +129,8 @@ class SubmissionFixture(DNSTestCase):
 
     @defer.inlineCallbacks
     def inbox(self, user, name="INBOX"):
-        box = yield self.mail.get_mailbox(user.id, name)
-        messages = []
-        for record in (yield self.mail.list_messages(box.id)):
-            content = yield self.mail.get_content(record.content_id)
-            messages.append((yield self.blobs.get(content.blob_key)))
-        return messages
+        messages = yield stored_messages(self.mail, self.blobs, user.id, name)
+        return [raw for _, _, raw in messages]
 
     @defer.inlineCallbacks
     def assertNothingDelivered(self):

@@ -22,6 +22,17 @@ def open_embedded(testcase):
     return metadata, blobs
 
 
+@defer.inlineCallbacks
+def stored_messages(mail, blobs, user_id, name="INBOX"):
+    """(record, content, raw bytes) of every message in a user's mailbox, in UID order."""
+    box = yield mail.get_mailbox(user_id, name)
+    messages = []
+    for record in (yield mail.list_messages(box.id)):
+        content = yield mail.get_content(record.content_id)
+        messages.append((record, content, (yield blobs.get(content.blob_key))))
+    return messages
+
+
 class EmbeddedConformanceTests(StoreConformance, unittest.TestCase):
     def make_store(self):
         return open_embedded(self)
