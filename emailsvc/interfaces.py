@@ -134,7 +134,12 @@ class IMailStore(Interface):
         """
 
     def delete_mailbox(user_id, name):
-        """Delete a mailbox, its children and their messages. @return: Deferred."""
+        """Delete a mailbox and its messages; its children stay.
+
+        The name of a deleted mailbox that has children remains as a level of
+        their hierarchy (IMAP lists it \\Noselect) until the last of them is
+        deleted or renamed away.  @return: Deferred.
+        """
 
     def set_subscribed(user_id, name, subscribed):
         """@return: Deferred."""

@@ -12,6 +12,7 @@ from twisted.mail import imap4
 from zope.interface import implementer
 
 from emailsvc.errors import InvalidName, NotFound
+from emailsvc.store.model import Mailbox
 
 DELIMITER = "/"
 INBOX = "INBOX"
@@ -19,18 +20,25 @@ INBOX = "INBOX"
 
 @implementer(imap4.IMailboxInfo)
 class MailboxInfo:
-    """A LIST entry: the store's `Mailbox` plus its IMAP attributes."""
+    """A LIST entry: the store's `Mailbox` plus its IMAP attributes.
 
-    def __init__(self, mailbox, has_children: bool):
+    A name with children but no mailbox of its own (its mailbox was deleted,
+    RFC 3501 6.3.4) is listed \\Noselect: `noselect` is true and `mailbox` a
+    stand-in with no id, never subscribed.
+    """
+
+    def __init__(self, mailbox, has_children: bool, noselect: bool = False):
         self.mailbox = mailbox
         self.has_children = has_children
+        self.noselect = noselect
 
     @property
     def name(self) -> str:
         return self.mailbox.name
 
     def getFlags(self):
-        flags = ["\\HasChildren" if self.has_children else "\\HasNoChildren"]
+        flags = ["\\Noselect"] if self.noselect else []
+        flags.append("\\HasChildren" if self.has_children else "\\HasNoChildren")
         if self.mailbox.special_use:
             flags.append(self.mailbox.special_use)
         return flags
@@ -72,16 +80,15 @@ class Account:
     def mailboxes(self, patterns, subscribed_only=False):
         """`MailboxInfo`s whose names match any of `patterns`, sorted by name."""
         boxes = yield self.store.list_mailboxes(self.user_id)
-        names = {box.name for box in boxes}
-        parents = {name.rsplit(DELIMITER, 1)[0] for name in names if DELIMITER in name}
+        parents = {box.name.rsplit(DELIMITER, 1)[0] for box in boxes if DELIMITER in box.name}
+        infos = [MailboxInfo(box, box.name in parents) for box in boxes]
+        infos.extend(MailboxInfo(Mailbox(None, self.user_id, name, None, 0, 0, 0), True, noselect=True)
+                     for name in _levels(parents) - {box.name for box in boxes})
         regexes = [pattern_regex(pattern) for pattern in patterns]
-        found = []
-        for box in boxes:
-            if subscribed_only and not box.subscribed:
-                continue
-            if any(regex.fullmatch(box.name) for regex in regexes):
-                found.append(MailboxInfo(box, box.name in parents))
-        return found
+        return sorted((info for info in infos
+                       if (info.mailbox.subscribed or not subscribed_only)
+                       and any(regex.fullmatch(info.name) for regex in regexes)),
+                      key=lambda info: info.name)
 
     def listMailboxes(self, ref, wildcard):
         return self.mailboxes([_text(ref) + _text(wildcard)]).addCallback(
@@ -101,16 +108,17 @@ class Account:
 
     @defer.inlineCallbacks
     def delete(self, name):
+        """Delete a mailbox and its messages (RFC 3501 6.3.4).  Its children
+        stay, and its name is listed \\Noselect while they do; a \\Noselect
+        name cannot be deleted (it goes with its last child)."""
         name = _text(name)
-        boxes = yield self.store.list_mailboxes(self.user_id)
-        if name.upper() == INBOX:
-            raise InvalidName("INBOX cannot be deleted")
-        if not any(box.name == name for box in boxes):
-            raise NotFound(f"no such mailbox: {name}")
-        if any(box.name.startswith(name + DELIMITER) for box in boxes):
-            # The store would delete the children too; IMAP clients do not expect that.
-            raise InvalidName("mailbox has children, delete them first")
-        yield self.store.delete_mailbox(self.user_id, name)
+        try:
+            yield self.store.delete_mailbox(self.user_id, name)
+        except NotFound:
+            boxes = yield self.store.list_mailboxes(self.user_id)
+            if any(box.name.startswith(name + DELIMITER) for box in boxes):
+                raise InvalidName("mailbox is \\Noselect and has children, delete them first") from None
+            raise
         return True
 
     def rename(self, oldname, newname):
@@ -163,6 +171,15 @@ class Account:
 
     def logout(self):
         """Called by the realm's logout callable; nothing is held per login."""
+
+
+def _levels(parents) -> set[str]:
+    """Every hierarchy level above the given names, and the names."""
+    levels = set()
+    for name in parents:
+        parts = name.split(DELIMITER)
+        levels.update(DELIMITER.join(parts[:depth]) for depth in range(1, len(parts) + 1))
+    return levels
 
 
 def _text(value) -> str:

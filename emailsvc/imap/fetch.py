@@ -236,6 +236,11 @@ def section_range(body: dict, section: Section, size: int):
     return target["header_start"], target["body_start"]
 
 
+async def read_sections(message, items) -> dict:
+    """{item: its bytes or None} for the items that are body sections (blob reads)."""
+    return {item: await section_data(message, item) for item in items if item.section is not None}
+
+
 @defer.inlineCallbacks
 def section_data(message, item: Item):
     """The bytes of a body section (partial applied), or None for NIL."""
@@ -261,9 +266,12 @@ def section_data(message, item: Item):
     return data
 
 
-@defer.inlineCallbacks
-def render_items(message, items, seq: int, *, uid_first: bool, modseq: bool, flags_changed: bool) -> bytes:
-    """One `* n FETCH (...)` response line (with any literals), without CRLF."""
+def render_items(message, items, seq: int, *, uid_first: bool, modseq: bool, flags_changed: bool,
+                 sections=None) -> bytes:
+    """One `* n FETCH (...)` response line (with any literals), without CRLF.
+
+    Synchronous: body sections come read already, in `sections` (see `read_sections`).
+    """
     out = []
     names = {item.name for item in items}
     record = message.record
@@ -291,7 +299,7 @@ def render_items(message, items, seq: int, *, uid_first: bool, modseq: bool, fla
                         "lines": 0, "md5": None, "disposition": None, "language": None, "location": None}
             out.append(item.label + b" " + structure(body, name == "BODYSTRUCTURE"))
         else:
-            data = yield section_data(message, item)
+            data = sections[item]
             out.append(item.label + b" " + (b"NIL" if data is None else b"{%d}\r\n" % len(data) + data))
     if flags_changed and "FLAGS" not in names:
         out.append(b"FLAGS " + flag_list(record.flags))

@@ -221,7 +221,7 @@ class MailboxCommands:
                 attributes.append("\\Subscribed")
             self.untagged(b"LIST (" + " ".join(attributes).encode("ascii") + b') "/" '
                           + mailbox_name(box.name) + child_info)
-            if status_items and not child_info:
+            if status_items and not child_info and not info.noselect:
                 self.untagged(self._status_line(box, status_items))
         return "LIST completed"
 

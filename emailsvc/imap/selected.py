@@ -7,7 +7,7 @@ flag changes and, where RFC 3501 allows, EXPUNGE (VANISHED with QRESYNC).
 """
 from __future__ import annotations
 
-from emailsvc.imap.fetch import expunged_line, parse_items, render_items
+from emailsvc.imap.fetch import expunged_line, parse_items, read_sections, render_items
 from emailsvc.imap.mailboxes import parse_flags
 from emailsvc.imap.message import Message
 from emailsvc.imap.search import SearchParser, check_charset, parse_charset, parse_sort_keys, resolve_headers
@@ -204,21 +204,27 @@ class SelectedCommands:
                         for record in changed:
                             found[record.uid] = (record,) + found[record.uid][1:]
                             seen.add(record.uid)
+                # Without message bytes a page is rendered at once and written in one piece.
+                lines = []
                 for seq, u in page:
                     if u not in found:
                         # Expunged by another session, not announced yet: the
                         # session knows only its UID, the rest is NIL (RFC 2180 4.1.3).
-                        self.write(expunged_line(seq, u, items, uid_first=uid) + CRLF)
+                        lines.append(expunged_line(seq, u, items, uid_first=uid) + CRLF)
                         continue
                     record, blob_key, values = found[u]
                     message = Message(record, self.account.blobs, blob_key, values)
-                    line = await render_items(message, items, seq, uid_first=uid,
-                                              modseq=modseq, flags_changed=u in seen)
+                    sections = await read_sections(message, items) if streaming else None
                     if self.closed or self.view is not view:
                         return
-                    self.write(line + CRLF)
+                    lines.append(render_items(message, items, seq, uid_first=uid, modseq=modseq,
+                                              flags_changed=u in seen, sections=sections) + CRLF)
                     if streaming:
+                        self.write(b"".join(lines))
+                        lines = []
                         await self.writable()
+                if lines:
+                    self.write(b"".join(lines))
                 if not streaming:
                     await self.writable()
                 if self.closed:

@@ -8,6 +8,7 @@ for one command with typed accessors that raise `Bad`.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 from emailsvc.imap import utf7
@@ -21,6 +22,7 @@ _NOT_TAG = frozenset(b'(){%*"\\+')   # a tag is ASTRING-CHARs except "+"
 _NUMBER = re.compile(rb"[0-9]{1,10}")
 _SEQ_ITEM = re.compile(rb"(\*|[0-9]{1,10})(?::(\*|[0-9]{1,10}))?")
 MAX_NUMBER = 0xFFFFFFFF
+_NOT_QUOTABLE = re.compile(rb"[^\x20-\x7e]")
 
 
 class IMAPError(Exception):
@@ -263,7 +265,7 @@ def string(value) -> bytes:
     """A string for a response: quoted when it is short 7-bit text, else a literal."""
     if isinstance(value, str):
         value = value.encode("utf-8", "replace")
-    if len(value) < 1024 and all(0x20 <= byte <= 0x7E for byte in value):
+    if len(value) < 1024 and _NOT_QUOTABLE.search(value) is None:
         return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(value) + value
 
@@ -300,5 +302,7 @@ def render(value) -> bytes:
     return b"(" + b" ".join(render(item) for item in value) + b")"
 
 
-def flag_list(flags) -> bytes:
+@functools.lru_cache(maxsize=4096)
+def flag_list(flags: frozenset) -> bytes:
+    """A flag set as a parenthesized list (cached: messages share few distinct sets)."""
     return b"(" + b" ".join(sorted(flag.encode("ascii", "replace") for flag in flags)) + b")"

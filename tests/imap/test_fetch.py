@@ -2,7 +2,9 @@
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from emailsvc.imap.fetch import Section, envelope, parse_items, render_items, section_range, structure
+from emailsvc.imap.fetch import (
+    Section, envelope, parse_items, read_sections, render_items, section_range, structure,
+)
 from emailsvc.imap.message import Message, filter_fields
 from emailsvc.imap.wire import Atom, Bad, tokenize
 from emailsvc.store.model import MessageRecord
@@ -125,8 +127,8 @@ class RenderTests(unittest.TestCase):
         options.setdefault("uid_first", False)
         options.setdefault("modseq", False)
         options.setdefault("flags_changed", False)
-        line = yield render_items(message, items, 4, **options)
-        return line, blobs.reads
+        sections = yield defer.ensureDeferred(read_sections(message, items))
+        return render_items(message, items, 4, sections=sections, **options), blobs.reads
 
     @defer.inlineCallbacks
     def test_partial_reads_only_the_range(self):

@@ -179,7 +179,7 @@ class ImaplibSessionTests(IMAPTestCase):
                 client.create("Projekte/Entw&APw-rfe"),
                 client.list('""', "Projekte/*"),
                 client.create("Projekte"),
-                client.delete("Projekte"),
+                client.delete("Nope"),
                 client.rename("Projekte", "Work"),
                 client.list('""', "%"),
                 client.subscribe("Work/Entw&APw-rfe"),
@@ -201,7 +201,7 @@ class ImaplibSessionTests(IMAPTestCase):
         self.assertEqual(out[2][0], "NO")
         self.assertIn(b"[ALREADYEXISTS]", out[2][1][0])
         self.assertEqual(out[3][0], "NO")
-        self.assertIn(b"has children", out[3][1][0])
+        self.assertIn(b"[NONEXISTENT]", out[3][1][0])
         self.assertEqual(out[4][0], "OK")
         self.assertIn(b'(\\HasChildren) "/" Work', out[5][1])
         self.assertEqual(out[8][1], [b'() "/" Work/Entw&APw-rfe'])

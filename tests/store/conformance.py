@@ -198,14 +198,21 @@ class StoreConformance:
         self.assertEqual((inbox.messages, inbox.uidnext), (0, 4))
 
     @defer.inlineCallbacks
-    def test_delete_with_children(self):
+    def test_delete_keeps_children(self):
         yield self.mail.create_mailbox(USER, "p/c1")
         yield self.mail.create_mailbox(USER, "p/c2/g")
         yield self.mail.create_mailbox(USER, "pp")
+        doomed = yield self.mail.get_mailbox(USER, "p")
+        (record,) = yield self.append(doomed)
         yield self.append((yield self.mail.get_mailbox(USER, "p/c1")))
         yield self.mail.delete_mailbox(USER, "p")
-        self.assertEqual([b.name for b in (yield self.mail.list_mailboxes(USER))], ["pp"])
+        self.assertEqual([b.name for b in (yield self.mail.list_mailboxes(USER))], ["p/c1", "p/c2", "p/c2/g", "pp"])
+        self.assertEqual((yield self.mail.get_mailbox(USER, "p/c1")).messages, 1)
+        self.assertEqual((yield self.mail.list_messages(doomed.id)), [])
         yield self.assertFailure(self.mail.delete_mailbox(USER, "p"), NotFound)
+        again = yield self.mail.create_mailbox(USER, "p")
+        self.assertEqual(again.messages, 0)
+        self.assertGreater(again.uidvalidity, doomed.uidvalidity)
 
     @defer.inlineCallbacks
     def test_subscriptions(self):
@@ -313,6 +320,51 @@ class StoreConformance:
         self.assertEqual([r.uid for r in (yield self.mail.list_messages(box.id))], [3])
         self.assertEqual((yield self.mail.expunged_since(box.id, before)), [1, 2, 4])
         self.assertEqual((yield self.mail.expunged_since(box.id, 10 ** 9)), [])
+
+    @defer.inlineCallbacks
+    def counts(self, name):
+        """(messages, unseen, size) of a mailbox, the same from every read that tells them."""
+        box = yield self.mail.get_mailbox(USER, name)
+        listed = [b for b in (yield self.mail.list_mailboxes(USER)) if b.name == name]
+        changed, _, _ = yield self.mail.mailbox_changes(box.id)
+        indexed, _, _, _ = yield self.mail.mailbox_index(box.id)
+        self.assertEqual(listed, [box])
+        self.assertEqual(changed, box)
+        self.assertEqual(indexed, box)
+        return box.messages, box.unseen, box.size
+
+    @defer.inlineCallbacks
+    def test_counts_follow_every_change(self):
+        size = len(b"Subject: hi\r\n\r\nbody\r\n")
+        inbox = yield self.mailbox("INBOX")
+        other = yield self.mailbox("Archive")
+        yield self.append(inbox, count=3)
+        yield self.append(inbox, flags=["\\Seen"])
+        yield self.mail.deliver([(inbox.id, ()), (other.id, ["\\Seen"])], (yield self.message()))
+        self.assertEqual((yield self.counts("INBOX")), (5, 4, 5 * size))
+        self.assertEqual((yield self.counts("Archive")), (1, 0, size))
+        yield self.mail.store_flags(inbox.id, [1, 2], ["\\Seen"], "add")
+        self.assertEqual((yield self.counts("INBOX")), (5, 2, 5 * size))
+        yield self.mail.store_flags(inbox.id, [4], ["\\Seen"], "remove")
+        yield self.mail.store_flags(inbox.id, [1], ["\\Flagged"], "replace")
+        yield self.mail.store_flags(inbox.id, [2], ["$Work"], "add")
+        self.assertEqual((yield self.counts("INBOX")), (5, 4, 5 * size))   # unseen: 1, 3, 4, 5
+        yield self.mail.copy(inbox.id, [1, 2], other.id)
+        self.assertEqual((yield self.counts("INBOX")), (5, 4, 5 * size))
+        self.assertEqual((yield self.counts("Archive")), (3, 1, 3 * size))
+        yield self.mail.move(inbox.id, [3], other.id)
+        self.assertEqual((yield self.counts("INBOX")), (4, 3, 4 * size))
+        self.assertEqual((yield self.counts("Archive")), (4, 2, 4 * size))
+        yield self.mail.store_flags(inbox.id, [4, 5], ["\\Deleted"], "add")
+        yield self.mail.expunge(inbox.id)
+        self.assertEqual((yield self.counts("INBOX")), (2, 1, 2 * size))
+        yield self.mail.delete_mailbox(USER, "Archive")
+        self.assertEqual((yield self.mail.usage(USER)), 2 * size)
+        yield self.mail.rename_mailbox(USER, "INBOX", "Old")
+        self.assertEqual((yield self.counts("Old")), (2, 1, 2 * size))
+        self.assertEqual((yield self.counts("INBOX")), (0, 0, 0))
+        archive = yield self.mail.create_mailbox(USER, "Archive")
+        self.assertEqual((archive.messages, archive.unseen, archive.size), (0, 0, 0))
 
     # Garbage
 
@@ -463,6 +515,21 @@ class StoreConformance:
             yield self.assertFailure(self.mail.search(box.id, bad), InvalidName)
         yield self.assertFailure(self.mail.search(box.id, ("all",), [("colour", False)]), InvalidName)
         self.assertIn("subject", self.mail.indexed_headers)
+
+    @defer.inlineCallbacks
+    def test_search_folds_case_beyond_ascii(self):
+        box = yield self.mailbox("INBOX")
+        yield self.parsed_message("Subject: Grüße aus der Straße\r\n\r\nFuß\r\n".encode(), box, (), 0)
+        yield self.parsed_message(b"Subject: STRASSE 5\r\n\r\nfuss\r\n", box, (), 0)
+        cases = [
+            (("header", "subject", "strasse"), [1, 2]),
+            (("header", "subject", "GRÜSSE"), [1]),
+            (("header", "subject", "5"), [2]),
+            (("text", "ß"), [1, 2]),
+            (("text", "SS"), [1, 2]),
+        ]
+        for criteria, expected in cases:
+            self.assertEqual([uid for uid, _ in (yield self.mail.search(box.id, criteria))], expected, criteria)
 
     @defer.inlineCallbacks
     def test_feedback(self):

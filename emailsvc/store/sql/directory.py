@@ -7,7 +7,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from emailsvc.addresses import normalize_address, normalize_domain, split_address
-from emailsvc.cred.passwords import hash_password, needs_rehash, verify_password
+from emailsvc.cred.passwords import hash_later, hash_password, needs_rehash, verify_later
 from emailsvc.errors import AlreadyExists, InvalidName, NotEmpty, NotFound
 from emailsvc.interfaces import IDirectory
 from emailsvc.store.model import Alias, Resolution, User
@@ -95,7 +95,7 @@ class SQLDirectory:
     def add_user(self, address, password, quota=None):
         address = normalize_address(address)
         _check_password(password)
-        hashed = yield self._db.run_in_thread(hash_password, password)
+        hashed = yield hash_later(password)
 
         def add(connection):
             domain_id = self._domain_id(connection, _domain_of(address))
@@ -117,7 +117,7 @@ class SQLDirectory:
     def set_password(self, address, password):
         address = normalize_address(address)
         _check_password(password)
-        hashed = yield self._db.run_in_thread(hash_password, password)
+        hashed = yield hash_later(password)
         yield self._db.write(self._update_user, address, "password_hash", hashed)
 
     @_deferred
@@ -197,7 +197,7 @@ class SQLDirectory:
 
         row = (yield self._db.read(query)) if address else None
         hashed = row[3] if row else _DUMMY_HASH
-        ok = yield self._db.run_in_thread(verify_password, hashed, password)
+        ok = yield verify_later(hashed, password)
         if not (ok and row):
             return None
         if needs_rehash(hashed):

@@ -6,6 +6,7 @@ after the message is expunged or the transaction is rolled back.
 """
 from __future__ import annotations
 
+import functools
 import json
 from array import array
 
@@ -34,11 +35,10 @@ _FLAG_NAMES = {bit: "\\" + name[1:].capitalize() for name, bit in SYSTEM_FLAGS.i
 _DELETED = SYSTEM_FLAGS["\\deleted"]
 _MAX_NAME = 512
 _MESSAGE_COLUMNS = "mailbox_id, uid, modseq, flags, keywords, internal_date, size, content_id"
+# The counts are kept on the row by triggers (delta 0006).
 _MAILBOX_COLUMNS = (
     "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed,"
-    " (SELECT count(*) FROM messages m WHERE m.mailbox_id = mailboxes.id),"
-    " (SELECT count(*) FROM messages m WHERE m.mailbox_id = mailboxes.id AND m.flags & 1 = 0),"
-    " (SELECT coalesce(sum(size), 0) FROM messages m WHERE m.mailbox_id = mailboxes.id)"
+    " message_count, unseen_count, total_size"
 )
 _CHUNK = 500
 
@@ -74,7 +74,9 @@ def split_flags(flags) -> tuple[int, list[str]]:
     return bits, keywords
 
 
+@functools.lru_cache(maxsize=4096)
 def _flag_set(bits: int, keywords: str) -> frozenset[str]:
+    """The flag names of a message row (cached: a mailbox has few distinct sets)."""
     names = {name for bit, name in _FLAG_NAMES.items() if bits & bit}
     return frozenset(names | set(keywords.split()))
 
@@ -102,6 +104,26 @@ def _mailbox_row(connection, mailbox_id):
     if row is None:
         raise NotFound("no such mailbox")
     return row
+
+
+def _json_rows(connection, columns: str, source: str, params) -> list[list]:
+    """The rows of `SELECT columns FROM source` (JSON fields decoded, in no
+    particular order) in one SQLite step.  The sqlite3 module lets go of the
+    GIL and takes it back for every row it steps, and under load (the reactor
+    and the other readers want it) each take can wait: a page of 500 rows
+    paid 500 such waits, one JSON array pays one."""
+    (text,) = connection.execute(f"SELECT json_group_array(json_array({columns})) FROM {source}", params).fetchone()
+    return json.loads(text)
+
+
+def _uid_pages(connection, columns: str, sql: str, params):
+    """The rows of `sql` (`columns`, uid first) in UID order, a page of
+    _CHUNK rows per SQLite step (see _json_rows), so memory stays bounded."""
+    paged = (f"SELECT json_group_array(json_array({columns})) FROM (SELECT {columns},"
+             f" (row_number() OVER (ORDER BY uid) - 1) / {_CHUNK} AS page FROM ({sql}))"
+             f" GROUP BY page ORDER BY page")
+    for (text,) in connection.execute(paged, params):
+        yield from sorted(json.loads(text))
 
 
 def _chunks(items):
@@ -160,8 +182,7 @@ class SQLMailStore:
     def usage(self, user_id):
         def query(connection):
             return connection.execute(
-                "SELECT coalesce(sum(m.size), 0) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
-                " WHERE b.user_id = ?", (user_id,),
+                "SELECT coalesce(sum(total_size), 0) FROM mailboxes WHERE user_id = ?", (user_id,)
             ).fetchone()[0]
 
         return self._db.read(query)
@@ -252,17 +273,12 @@ class SQLMailStore:
             name = normalize_mailbox_name(name)
             if name == INBOX:
                 raise InvalidName("INBOX cannot be deleted")
-            if not self._exists(connection, user_id, name):
+            row = connection.execute(
+                "DELETE FROM mailboxes WHERE user_id = ? AND name = ? RETURNING id", (user_id, name)
+            ).fetchone()
+            if row is None:
                 raise NotFound(f"no such mailbox: {name}")
-            prefix = name + DELIMITER
-            changed.extend(row[0] for row in connection.execute(
-                "SELECT id FROM mailboxes WHERE user_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
-                (user_id, name, len(prefix), prefix),
-            ))
-            connection.execute(
-                "DELETE FROM mailboxes WHERE user_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
-                (user_id, name, len(prefix), prefix),
-            )
+            changed.append(row[0])
 
         return self._db.write(delete).addCallback(self._published, changed)
 
@@ -542,8 +558,8 @@ class SQLMailStore:
     def mailbox_index(self, mailbox_id):
         def query(connection):
             row = _mailbox_row(connection, mailbox_id)
-            uids = array("I", (uid for (uid,) in connection.execute(
-                "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
+            uids = array("I", (uid for (uid,) in _uid_pages(
+                connection, "uid", "SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,)
             )))
             first_unseen = connection.execute(
                 "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND flags & 1 = 0", (mailbox_id,)
@@ -568,34 +584,27 @@ class SQLMailStore:
 
         def query(connection):
             columns = ", ".join("m." + name.strip() for name in _MESSAGE_COLUMNS.split(","))
-            join = ""
+            source = "messages m"
             if fields is not None:
                 columns += ", c.blob_key" + "".join(f", c.parsed -> '$.{name}'" for name in fields)
-                join = " JOIN contents c ON c.id = m.content_id"
-            sql = f"SELECT {columns} FROM messages m{join} WHERE m.mailbox_id = ?"
+                source += " JOIN contents c ON c.id = m.content_id"
+            source += " WHERE m.mailbox_id = ?"
             if not uids:
                 return []
+            wanted = set(uids)
             if uids[-1] - uids[0] < 2 * len(uids) + 64:
                 # Dense (the usual 1:*): one range scan, the holes filtered here.
-                wanted = set(uids)
-                rows = [row for row in connection.execute(
-                    sql + " AND m.uid BETWEEN ? AND ? ORDER BY m.uid", (mailbox_id, uids[0], uids[-1])
-                ) if row[1] in wanted]
+                rows = _json_rows(connection, columns, source + " AND m.uid BETWEEN ? AND ?",
+                                  (mailbox_id, uids[0], uids[-1]))
             else:
                 rows = []
                 for chunk in _chunks(uids):
-                    rows.extend(connection.execute(
-                        f"{sql} AND m.uid IN ({_placeholders(chunk)}) ORDER BY m.uid", (mailbox_id, *chunk)
-                    ))
-            out = []
-            for row in rows:
-                if fields is None:
-                    out.append((_record(row), None, {}))
-                else:
-                    values = {name: None if value is None else json.loads(value)
-                              for name, value in zip(fields, row[9:])}
-                    out.append((_record(row), row[8], values))
-            return out
+                    rows.extend(_json_rows(connection, columns, f"{source} AND m.uid IN ({_placeholders(chunk)})",
+                                           (mailbox_id, *chunk)))
+            rows.sort(key=lambda row: row[1])
+            if fields is None:
+                return [(_record(row), None, {}) for row in rows if row[1] in wanted]
+            return [(_record(row), row[8], dict(zip(fields, row[9:]))) for row in rows if row[1] in wanted]
 
         return self._db.read(query)
 
@@ -608,7 +617,7 @@ class SQLMailStore:
         def query(connection):
             connection.create_function("imap_fold", 1, fold, deterministic=True)
             uids, modseqs = array("I"), array("Q")
-            for uid, modseq in connection.execute(sql, params):
+            for uid, modseq in _uid_pages(connection, "uid, modseq", sql, params):
                 uids.append(uid)
                 modseqs.append(modseq)
             return uids, modseqs

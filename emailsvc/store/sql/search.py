@@ -142,8 +142,8 @@ class _Compiler:
         if not value:
             self.params.append(path)
             return "(json_type(c.parsed, ?) IS NOT NULL)"
-        self.params.extend((path, fold(value)))
-        return "EXISTS (SELECT 1 FROM json_each(c.parsed, ?) h WHERE instr(imap_fold(h.value), ?) > 0)"
+        self.params.append(path)
+        return f"EXISTS (SELECT 1 FROM json_each(c.parsed, ?) h WHERE {self._contains('h.value', value)})"
 
     def _text(self, depth, value):
         if not value:
@@ -152,8 +152,16 @@ class _Compiler:
         if len(value) >= _FTS_MIN:
             self.params.append('"' + value.replace('"', '""') + '"')
             return "(c.id IN (SELECT rowid FROM contents_text WHERE contents_text MATCH ?))"
-        self.params.append(fold(value))
-        return "(instr(imap_fold(coalesce(json_extract(c.parsed, '$.text'), '')), ?) > 0)"
+        return self._contains("coalesce(json_extract(c.parsed, '$.text'), '')", value)
+
+    def _contains(self, text, value) -> str:
+        """`text` contains `value`, case-folded.  Printable ASCII text is folded by
+        SQLite's lower() (the same as casefold there), so only other text calls
+        back into Python (imap_fold), which needs the GIL for every value."""
+        needle = fold(value)
+        self.params.extend((needle, needle))
+        return (f"(CASE WHEN {text} GLOB '*[^ -~]*' THEN instr(imap_fold({text}), ?)"
+                f" ELSE instr(lower({text}), ?) END > 0)")
 
     # The stored text has the body and the main address/subject fields; BODY
     # thus also matches those fields (a superset, never a miss).
