@@ -206,6 +206,8 @@ class SubmissionConfig:
 
     max_messages_per_hour: int = field(default=0, metadata=_range(0))
     """Messages one user may submit in any hour (0: no limit)."""
+    save_to_sent: bool = False
+    """File a copy of each submitted message in the sender's \\Sent mailbox."""
 
 
 _DKIM_SIGNED_HEADERS = [
@@ -238,6 +240,10 @@ class QueueConfig:
     retry_max: float = field(default=3600.0, metadata=_range(1))
     expire_after: float = field(default=5 * 86400.0, metadata=_range(1))
     lease_time: float = field(default=900.0, metadata=_range(10))
+    runner_id: str = ""
+    """The runner's lease owner id, stable across restarts; empty: the machine's host name."""
+    delay_warning: float = field(default=4 * 3600.0, metadata=_range(0))
+    """Seconds a recipient may stay pending before the sender is told (0: never)."""
     batch_size: int = field(default=200, metadata=_range(1, 10000))
     max_connections: int = field(default=20, metadata=_range(1, 1000))
     max_per_domain: int = field(default=4, metadata=_range(1, 100))

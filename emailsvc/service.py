@@ -157,7 +157,7 @@ class QueueService(AsyncService):
 
     def __init__(self, config, reactor, store):
         from emailsvc.delivery.queue import OutboundQueue
-        from emailsvc.delivery.sqlqueue import SQLQueueStore
+        from emailsvc.store.sql.queue import SQLQueueStore
 
         self.setName("queue")
         self._config = config
@@ -183,8 +183,7 @@ class QueueService(AsyncService):
         self.runner = QueueRunner(self.queue.store, self._store.blobs, remote, bouncer, self._reactor,
                                   config.queue)
         self.queue.listeners.append(self.runner.wake)
-        self.runner.start()
-        return defer.succeed(None)
+        return self.runner.start()
 
     @defer.inlineCallbacks
     def stop(self):
@@ -324,7 +323,7 @@ def _submission(context, listener):
     def session():
         return SubmissionSession(directory=directory, mda=mda, signer=signer, hostname=hostname,
                                  clock=context.reactor, inflight=context.inflight, rate_limiter=rate,
-                                 queue=queue)
+                                 queue=queue, save_to_sent=context.config.submission.save_to_sent)
 
     return SubmissionFactory(
         session, hostname, context.config.smtp,

@@ -1,4 +1,5 @@
-"""The `emailsvc` admin command line: configuration check, domains, users, aliases.
+"""The `emailsvc` admin command line: configuration check, domains, users,
+aliases, DKIM keys and the outbound queue.
 
 Three layers, so that everything but the reactor start is testable:
 
@@ -139,7 +140,8 @@ def build_parser(io: CommandIO) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         io=io,
-        description="Administer an emailsvc mail server: domains, users and aliases.",
+        description="Administer an emailsvc mail server: domains, users, aliases, DKIM keys and "
+        "the outbound queue.",
         epilog="Passwords are never taken on the command line: they are read from "
         "--password-file, from standard input when it is not a terminal, "
         "or from a prompt.",
@@ -149,7 +151,7 @@ def build_parser(io: CommandIO) -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"the configuration file (default: ${CONFIG_VARIABLE}, else {DEFAULT_CONFIG})",
     )
-    parser.set_defaults(store_operation=None, local_operation=None, needs_password=False)
+    parser.set_defaults(store_operation=None, local_operation=None, needs_password=False, check=None)
     groups = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     check = groups.add_parser(
@@ -205,6 +207,18 @@ def build_parser(io: CommandIO) -> argparse.ArgumentParser:
     remove.add_argument("source", metavar="SOURCE")
     remove.add_argument("destination", nargs="?", metavar="DESTINATION")
 
+    queue = actions("queue", "inspect and manage the outbound queue")
+    action(queue, "list", commands.queue_list, "list queued recipients, pending ones first: queue id, sender, "
+           "recipient, status, attempts, next attempt (UTC), last reply")
+    retry = action(queue, "retry", commands.queue_retry, "make the pending recipients of messages due now "
+                   "(the runner takes them at its next scan)")
+    retry.add_argument("queue_ids", nargs="*", metavar="QUEUE_ID")
+    retry.add_argument("--all", action="store_true", help="every queued message")
+    retry.set_defaults(check=_ids_or_all(retry))
+    action(queue, "delete", commands.queue_delete, "drop messages from the queue without telling their "
+           "senders (a delivery already under way may still finish)"
+           ).add_argument("queue_ids", nargs="+", metavar="QUEUE_ID")
+
     dkim = actions("dkim", "manage DKIM signing keys")
     generate = dkim.add_parser(
         "generate", help="create a signing key for a domain and print its DNS record",
@@ -218,6 +232,16 @@ def build_parser(io: CommandIO) -> argparse.ArgumentParser:
     generate.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
     generate.set_defaults(local_operation=commands.dkim_generate)
     return parser
+
+
+def _ids_or_all(parser):
+    """A check that exactly one of QUEUE_ID ... and --all was given."""
+
+    def check(args):
+        if bool(args.queue_ids) == args.all:
+            parser.error("give QUEUE_ID ... or --all")
+
+    return check
 
 
 def _alias_source(source: str) -> str:
@@ -251,6 +275,8 @@ def prepare(argv, io: CommandIO) -> Command:
                      "line: use --password-file, standard input or the prompt")
     if extra:
         parser.error("unrecognized arguments: " + " ".join(extra))
+    if args.check is not None:
+        args.check(args)
     if args.config is None:
         args.config = (io.environ or {}).get(CONFIG_VARIABLE) or DEFAULT_CONFIG
     command = Command(args=args)

@@ -1,4 +1,4 @@
-"""The store operations behind `emailsvc domain|user|alias ...`.
+"""The store operations behind `emailsvc domain|user|alias|queue ...`.
 
 Each operation is a coroutine `operation(store, command, write)`: `store`
 is a started StoreService, `command` the prepared Command (arguments are
@@ -8,8 +8,10 @@ propagate to the caller, which reports them.
 """
 from __future__ import annotations
 
+import time
+
 from emailsvc.addresses import normalize_domain
-from emailsvc.errors import NotFound
+from emailsvc.errors import NotFound, StoreError
 
 
 def format_quota(quota: int | None) -> str:
@@ -101,6 +103,40 @@ async def alias_remove(store, command, write):
         write(f"alias {args.source} removed")
     else:
         write(f"alias {args.source} -> {args.destination} removed")
+
+
+# The outbound queue
+
+
+def _queue(store):
+    from emailsvc.store.sql.queue import SQLQueueStore
+
+    if not hasattr(store.metadata, "db"):
+        raise StoreError("this metadata store has no outbound queue")
+    return SQLQueueStore(store.metadata.db)
+
+
+def _utc(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+async def queue_list(store, command, write):
+    for row in await _queue(store).recipients():
+        due = _utc(row.next_attempt) if row.status == "pending" else "-"
+        write("  ".join((row.queue_id, row.sender or "<>", row.recipient, row.status, str(row.attempts), due,
+                         row.last_reply or "-")))
+
+
+async def queue_retry(store, command, write):
+    args = command.args
+    count = await _queue(store).retry(None if args.all else args.queue_ids, int(time.time()))
+    write(f"{count} pending recipient(s) due now")
+
+
+async def queue_delete(store, command, write):
+    ids = list(dict.fromkeys(command.args.queue_ids))
+    count = await _queue(store).delete(ids)
+    write(f"{len(ids)} message(s) deleted with {count} recipient(s), senders not notified")
 
 
 # DKIM keys (local: files under the configured key directory, no store)

@@ -25,6 +25,7 @@ class RecipientStatus:
     reply: str  # the last reply ("550 5.1.1 No such user") or our own text
     remote_host: str = ""
     last_attempt: float | None = None
+    will_retry_until: float | None = None  # for "delayed": when the queue gives up
 
 
 def status_code(reply: str, action: str) -> str:
@@ -90,8 +91,10 @@ def build_dsn(*, hostname: str, sender: str, queue_id: str, arrival: float, now:
         lines += ["Your message could not be delivered to one or more recipients.",
                   "Its header is attached below.  The errors were:", ""]
     else:
+        until = [status.will_retry_until for status in statuses if status.will_retry_until is not None]
+        trying = f" until {formatdate(max(until), usegmt=True)}" if until else ""
         lines += ["Your message has not been delivered yet to the recipients below.",
-                  "The mail system will keep trying; no action is needed.", ""]
+                  f"The mail system will keep trying{trying}; no action is needed.", ""]
     lines += [f"<{_clean(status.recipient)}>: {_clean(status.reply)}" for status in statuses]
     lines += [
         "",
@@ -116,6 +119,8 @@ def build_dsn(*, hostname: str, sender: str, queue_id: str, arrival: float, now:
         lines.append(f"Diagnostic-Code: {kind}; {_ascii(_clean(status.reply))}")
         if status.last_attempt is not None:
             lines.append(f"Last-Attempt-Date: {formatdate(status.last_attempt, usegmt=True)}")
+        if status.will_retry_until is not None:
+            lines.append(f"Will-Retry-Until: {formatdate(status.will_retry_until, usegmt=True)}")
     lines += ["", f"--{boundary}", "Content-Type: text/rfc822-headers", ""]
     head = "\r\n".join(lines).encode("utf-8") + b"\r\n"
     return head + original_headers(message) + f"\r\n--{boundary}--\r\n".encode("ascii")

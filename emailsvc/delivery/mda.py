@@ -46,6 +46,26 @@ class MDA:
                 yield self._mail.provision_user(user_id)
                 mailbox_id = yield self._mail.delivery_mailbox(user_id, JUNK if junk else None)
             targets.append((mailbox_id, ()))
+        records = yield self._store(message, targets)
+        return records
+
+    @defer.inlineCallbacks
+    def file_copy(self, message: bytes, user_id: int, special_use: str, flags=()):
+        """Store `message` unchanged in the user's mailbox with `special_use`
+        (e.g. "\\Sent"), with `flags`.
+
+        @return: Deferred firing with the MessageRecord once durable, or
+            None when the user has no such mailbox.
+        """
+        mailbox = yield self._mail.get_special_mailbox(user_id, special_use)
+        if mailbox is None:
+            return None
+        (record,) = yield self._store(message, [(mailbox.id, tuple(flags))])
+        return record
+
+    @defer.inlineCallbacks
+    def _store(self, message: bytes, targets):
+        """Parse once, write the blob, then one SQL transaction for all `targets`."""
         if len(message) > _PARSE_IN_THREAD:
             parsed = yield deferToThreadPool(self._reactor, self._reactor.getThreadPool(), parse_message, message)
         else:

@@ -9,15 +9,16 @@ the submission client gets means the message survives a crash.
 and records each recipient's outcome: delivered, retried later with
 exponential backoff, failed (5xx) or expired.  Failed and expired
 recipients owe the sender a DSN, which `Bouncer` delivers through the MDA
-(local sender) or the queue (remote sender).  Leases run out, so the rows
-of a runner that crashed are taken over by another runner (or the
-restarted process); a delivery may then repeat, the SMTP at-least-once norm.
+(local sender) or the queue (remote sender); so do recipients still
+pending `delay_warning` seconds after queuing, once, with a "delayed" DSN.
+Leases run out, so the rows of a runner that crashed are taken over by
+another runner after `lease_time`, or at once by the same runner (same
+owner id) when it starts again; a delivery may then repeat, the SMTP
+at-least-once norm.
 """
 from __future__ import annotations
 
-import os
 import socket
-import uuid
 from collections import defaultdict
 
 from twisted.internet import defer
@@ -30,10 +31,10 @@ from emailsvc.addresses import normalize_domain
 from emailsvc.delivery.client import Envelope
 from emailsvc.delivery.dsn import RecipientStatus, build_dsn
 from emailsvc.delivery.remote import DELIVERED, PERMANENT, TEMPORARY, Attempt
-from emailsvc.delivery.sqlqueue import DELIVERED as ROW_DELIVERED, EXPIRED, FAILED, PENDING, Outcome
 from emailsvc.errors import BlobNotFound, InvalidName
 from emailsvc.interfaces import IQueue
 from emailsvc.smtp.trace import queue_id as new_queue_id
+from emailsvc.store.sql.queue import DELIVERED as ROW_DELIVERED, EXPIRED, FAILED, PENDING, Outcome
 
 
 def retry_delay(attempts: int, initial: float, maximum: float) -> float:
@@ -92,10 +93,28 @@ class Bouncer:
         self._hostname = hostname
         self._clock = clock
 
-    @defer.inlineCallbacks
     def notify(self, rows, expire_after: float):
         """Send one DSN for `rows` (failed recipients of one message).
         @return: Deferred firing once it is durable (or deliberately dropped)."""
+        now = self._clock.seconds()
+        statuses = []
+        for row in rows:
+            reply = row.last_reply or "No reply"
+            if row.status == EXPIRED:
+                reply = f"Gave up after {expire_after / 86400:g} days in the queue; last error: {reply}"
+            statuses.append(RecipientStatus(row.recipient, "failed", reply, row.remote_host, now))
+        return self._send(rows, statuses, now)
+
+    def warn(self, rows, expire_after: float):
+        """Send one delay DSN for `rows` (recipients of one message still
+        being retried).  @return: Deferred as for `notify`."""
+        statuses = [RecipientStatus(row.recipient, "delayed", row.last_reply or "Not attempted yet",
+                                    row.remote_host, will_retry_until=row.created + expire_after)
+                    for row in rows]
+        return self._send(rows, statuses, self._clock.seconds())
+
+    @defer.inlineCallbacks
+    def _send(self, rows, statuses, now):
         first = rows[0]
         sender = first.sender
         if not sender:
@@ -105,13 +124,6 @@ class Bouncer:
             original = yield self._blobs.get(first.blob_key)
         except BlobNotFound:
             original = b""
-        now = self._clock.seconds()
-        statuses = []
-        for row in rows:
-            reply = row.last_reply or "No reply"
-            if row.status == EXPIRED:
-                reply = f"Gave up after {expire_after / 86400:g} days in the queue; last error: {reply}"
-            statuses.append(RecipientStatus(row.recipient, "failed", reply, row.remote_host, now))
         dsn = build_dsn(hostname=self._hostname, sender=sender, queue_id=first.queue_id,
                         arrival=first.created, now=now, statuses=statuses, message=original)
         resolution = yield self._directory.resolve(sender)
@@ -124,8 +136,8 @@ class Bouncer:
                 return
         else:
             yield self._queue.enqueue(dsn, "", [sender])
-        self.log.info("{id}: DSN sent to <{sender}> for {count} recipient(s)", id=first.queue_id,
-                      sender=sender, count=len(rows))
+        self.log.info("{id}: DSN ({action}) sent to <{sender}> for {count} recipient(s)", id=first.queue_id,
+                      action=statuses[0].action, sender=sender, count=len(rows))
 
 
 class QueueRunner:
@@ -133,7 +145,8 @@ class QueueRunner:
 
     @param remote: has `deliver(domain, Envelope, message)` -> Deferred of
         {recipient: Attempt} (a RemoteDelivery).
-    @param bouncer: has `notify(rows, expire_after)` -> Deferred (a Bouncer).
+    @param bouncer: has `notify(rows, expire_after)` and `warn(rows,
+        expire_after)` -> Deferred (a Bouncer).
     @param settings: the [queue] config section.
     """
 
@@ -146,7 +159,9 @@ class QueueRunner:
         self._bouncer = bouncer
         self._clock = clock
         self._settings = settings
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # Stable across restarts, so a restarted runner can take its own
+        # rows back at once (see `start`).
+        self.owner = owner or settings.runner_id or socket.gethostname()
         self._connections = DeferredSemaphore(settings.max_connections)
         self._domains: dict[str, DeferredSemaphore] = {}
         self._current: defer.Deferred | None = None
@@ -159,8 +174,18 @@ class QueueRunner:
     # Scheduling
 
     def start(self):
-        """Scan now and then every `scan_interval` seconds."""
+        """Release the rows a previous run under this runner's id still
+        leases (it died holding them), then scan now and every
+        `scan_interval` seconds.  @return: Deferred firing once scanning began."""
         self._stopping = False
+        return self.store.release_owner(self.owner).addCallback(self._scan)
+
+    def _scan(self, released):
+        if released:
+            self.log.info("runner {owner}: released {count} recipient(s) leased before a restart",
+                          owner=self.owner, count=released)
+        if self._stopping:
+            return
         self._loop = LoopingCall(self.run_once)
         self._loop.clock = self._clock
         self._loop.start(self._settings.scan_interval, now=True)
@@ -215,6 +240,8 @@ class QueueRunner:
         settings = self._settings
         now = int(self._clock.seconds())
         rows = await self.store.lease_due(self.owner, now, int(settings.lease_time), settings.batch_size)
+        if len(rows) >= settings.batch_size:
+            self._again = True  # a backlog: the next batch is due now, not at the next scan
         groups = defaultdict(list)
         for row in rows:
             groups[row.message_id, row.domain].append(row)
@@ -287,18 +314,28 @@ class QueueRunner:
         return Outcome(row.id, PENDING, attempts, min(now + delay, expiry), attempt.reply, attempt.host)
 
     async def _notify(self):
+        settings = self._settings
         now = int(self._clock.seconds())
-        rows = await self.store.lease_notifications(self.owner, now, int(self._settings.lease_time),
-                                                    self._settings.batch_size)
+        lease_time = int(settings.lease_time)
+        if settings.delay_warning:
+            rows = await self.store.lease_delay_warnings(self.owner, now, lease_time,
+                                                         now - int(settings.delay_warning), settings.batch_size)
+            await self._report(rows, self._bouncer.warn, self.store.warned)
+        rows = await self.store.lease_notifications(self.owner, now, lease_time, settings.batch_size)
+        await self._report(rows, self._bouncer.notify, self.store.notified)
+
+    async def _report(self, rows, send, sent):
+        """One DSN per message through `send`, then `sent` marks the rows
+        (or they are released, to be tried again next pass)."""
         by_message = defaultdict(list)
         for row in rows:
             by_message[row.message_id].append(row)
         for group in by_message.values():
             ids = [row.id for row in group]
             try:
-                await self._bouncer.notify(group, self._settings.expire_after)
+                await send(group, self._settings.expire_after)
             except Exception:
                 self.log.failure("{id}: DSN could not be sent", id=group[0].queue_id)
                 await self.store.release(self.owner, ids)
                 continue
-            await self.store.notified(self.owner, ids, int(self._clock.seconds()))
+            await sent(self.owner, ids, int(self._clock.seconds()))

@@ -12,7 +12,8 @@ import ipaddress
 import random
 from dataclasses import dataclass
 
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -146,11 +147,23 @@ class RemoteDelivery:
         endpoint_class = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         endpoint = endpoint_class(self._reactor, address, port, timeout=settings.connect_timeout)
         protocol = SMTPClientProtocol(self._reactor, settings.command_timeout)
-        await connectProtocol(endpoint, protocol)
+        await endpoint.connect(_OneConnection(protocol))
         try:
             return await run_session(protocol, envelope, message, options)
         finally:
             await quit(protocol)
+
+
+class _OneConnection(Factory):
+    """Hands out one protocol instance, without a log line per connection."""
+
+    noisy = False
+
+    def __init__(self, protocol):
+        self._protocol = protocol
+
+    def buildProtocol(self, addr):
+        return self._protocol
 
 
 class _NoRoute(Exception):

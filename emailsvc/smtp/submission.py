@@ -7,7 +7,9 @@ throttled per client address and per account).  `SubmissionSession` is the
 policy: nothing without AUTH, the envelope sender and the From: field must
 be addresses the user owns, Date and Message-ID are added when missing,
 the message is DKIM-signed and local recipients get it at once through the
-MDA.  Remote recipients go into the outbound queue (an IQueue), durably
+MDA; with `save_to_sent` a copy of it as sent is filed in the user's \\Sent
+mailbox too (best effort: a failure there is logged, never refused).  Remote
+recipients go into the outbound queue (an IQueue), durably
 before the 250; a session built without a queue refuses them with a
 temporary reply (REMOTE_UNAVAILABLE) rather than accepting and dropping
 them.
@@ -42,6 +44,7 @@ FROM_NOT_OWNER = (553, "5.7.1", "From: address not owned by the authenticated us
 # A temporary reply: the recipient is fine and the message may be sent once
 # the outbound queue runs; a 5xx would make clients give up on it for good.
 REMOTE_UNAVAILABLE = (451, "4.3.0", "Delivery to remote domains is not available yet, try again later")
+SENT = "\\Sent"
 
 
 @implementer(ISubmitter)
@@ -267,8 +270,10 @@ class SubmissionSession:
 
     log = Logger()
 
-    def __init__(self, *, directory, mda, signer, hostname: str, clock, inflight, rate_limiter=None, queue=None):
+    def __init__(self, *, directory, mda, signer, hostname: str, clock, inflight, rate_limiter=None, queue=None,
+                 save_to_sent: bool = False):
         self._directory = directory
+        self._save_to_sent = save_to_sent
         self._queue = queue
         self._mda = mda
         self._signer = signer
@@ -371,12 +376,27 @@ class SubmissionSession:
         done = defer.gatherResults(work, consumeErrors=True)
         done.addErrback(lambda failure: failure.value.subFailure)
         yield self._inflight.track(done)
+        if self._save_to_sent:
+            yield self._inflight.track(self._file_sent_copy(message, submitter.user, ident))
         if self._rate is not None:
             self._rate.sent(submitter.user.id)
         self.log.info("{id}: submitted by {user} for {local} local and {remote} remote recipient(s)",
                       id=ident, user=submitter.user.address, local=len(recipients) - len(self.remote),
                       remote=len(self.remote))
         return f"Ok: queued as {ident}"
+
+    @defer.inlineCallbacks
+    def _file_sent_copy(self, message, user, ident):
+        """File `message` (signed, without our trace field) as seen in the
+        user's Sent mailbox; the message is sent already, so a failure here
+        is only logged."""
+        try:
+            record = yield self._mda.file_copy(message, user.id, SENT, ("\\Seen",))
+        except Exception:
+            self.log.failure("{id}: copy not saved in the Sent mailbox of {user}", id=ident, user=user.address)
+            return
+        if record is None:
+            self.log.warn("{id}: {user} has no Sent mailbox: copy not saved", id=ident, user=user.address)
 
     def reset(self):
         self.sender = None

@@ -638,3 +638,120 @@ class ConsoleScriptTests(CLITestCase):
         self.assertEqual((yield self.spawn("user", "list")), (0, "ann@example.org  1048576\n", ""))
         self.assertEqual((yield self.spawn("domain", "list")), (0, "example.org\n", ""))
         self.assertTrue(self.query("SELECT password_hash FROM users")[0][0].startswith("$argon2id$"))
+
+
+class QueueTests(CLITestCase):
+    """`queue list|retry|delete` on rows made by the real queue store."""
+
+    START = 1_800_000_000
+
+    @defer.inlineCallbacks
+    def with_store(self, operation):
+        """Run `operation(store)` on the store the CLI uses, opened and stopped around it."""
+        from emailsvc.config import load
+        from emailsvc.service import open_store
+
+        store = open_store(load(self.config), reactor)
+        yield store.start()
+        try:
+            return (yield operation(store))
+        finally:
+            yield store.stop()
+
+    @defer.inlineCallbacks
+    def seed(self, store):
+        """Three messages: one delivered and one pending recipient, one
+        pending recipient, and a bounce that failed.  @return: their queue ids."""
+        from twisted.internet.task import Clock
+
+        from emailsvc.delivery.queue import OutboundQueue
+        from emailsvc.store.sql.queue import Outcome, SQLQueueStore
+
+        clock = Clock()
+        clock.advance(self.START)
+        rows = SQLQueueStore(store.metadata.db)
+        queue = OutboundQueue(rows, store.blobs, clock)
+        ids = []
+        for sender, recipients in (("alice@example.org", ["carol@far.test", "bob@remote.test"]),
+                                   ("alice@example.org", ["dave@far.test"]), ("", ["gone@remote.test"])):
+            ids.append((yield queue.enqueue(f"Subject: {len(ids)}\r\n\r\nx\r\n".encode(), sender, recipients)))
+        now = self.START + 60
+        leased = {row.recipient: row.id for row in (yield rows.lease_due("r", now, 600, 10))}
+        yield rows.record("r", [
+            Outcome(leased["carol@far.test"], "delivered", 1, now, "250 2.0.0 Ok"),
+            Outcome(leased["bob@remote.test"], "pending", 1, self.START + 900, "451 4.4.1 Connection refused"),
+            Outcome(leased["dave@far.test"], "pending", 1, self.START + 300, "450 4.2.1 Busy"),
+            Outcome(leased["gone@remote.test"], "failed", 1, now, "550 5.1.1 No such user"),
+        ], now)
+        return ids
+
+    def due(self):
+        return dict(self.query("SELECT recipient, next_attempt FROM queue_recipients WHERE status = 'pending'"))
+
+    @defer.inlineCallbacks
+    def test_list_pending_first(self):
+        self.assertEqual((yield self.cli("queue", "list")).stdout, "")
+        first, second, bounce = yield self.with_store(self.seed)
+        result = yield self.cli("queue", "list")
+        self.assertOK(result)
+        self.assertEqual(result.lines, [
+            f"{second}  alice@example.org  dave@far.test  pending  1  2027-01-15T08:05:00Z  450 4.2.1 Busy",
+            f"{first}  alice@example.org  bob@remote.test  pending  1  2027-01-15T08:15:00Z"
+            "  451 4.4.1 Connection refused",
+            f"{first}  alice@example.org  carol@far.test  delivered  1  -  250 2.0.0 Ok",
+            f"{bounce}  <>  gone@remote.test  failed  1  -  550 5.1.1 No such user",
+        ])
+
+    @defer.inlineCallbacks
+    def test_retry(self):
+        import time
+
+        first, second, _ = yield self.with_store(self.seed)
+        before = int(time.time())
+        result = yield self.cli("queue", "retry", first)
+        self.assertOK(result)
+        self.assertEqual(result.lines, ["1 pending recipient(s) due now"])
+        due = self.due()
+        self.assertTrue(before <= due["bob@remote.test"] <= time.time())
+        self.assertEqual(due["dave@far.test"], self.START + 300)
+        result = yield self.cli("queue", "retry", "--all")
+        self.assertEqual(result.lines, ["2 pending recipient(s) due now"])
+        self.assertTrue(self.due()["dave@far.test"] <= time.time())
+        # Finished rows are left alone.
+        self.assertEqual(self.query("SELECT next_attempt FROM queue_recipients WHERE status != 'pending'"),
+                         [(self.START + 60,), (self.START + 60,)])
+
+    @defer.inlineCallbacks
+    def test_retry_needs_ids_or_all(self):
+        first, _, _ = yield self.with_store(self.seed)
+        for argv in ((), (first, "--all")):
+            result = yield self.cli("queue", "retry", *argv)
+            self.assertError(result, "give QUEUE_ID ... or --all", status=2)
+        before = self.due()
+        result = yield self.cli("queue", "retry", first, "NOSUCHID")
+        self.assertError(result, "emailsvc: no such queued message: NOSUCHID")
+        self.assertEqual(self.due(), before)
+
+    @defer.inlineCallbacks
+    def test_delete(self):
+        from emailsvc.errors import BlobNotFound
+
+        first, second, bounce = yield self.with_store(self.seed)
+        keys = dict(self.query("SELECT queue_id, blob_key FROM queue_messages"))
+        result = yield self.cli("queue", "delete", first, "NOSUCHID")
+        self.assertError(result, "emailsvc: no such queued message: NOSUCHID")
+        self.assertEqual(len(self.query("SELECT * FROM queue_recipients")), 4)
+        result = yield self.cli("queue", "delete", first, bounce, first)
+        self.assertOK(result)
+        self.assertEqual(result.lines, ["2 message(s) deleted with 3 recipient(s), senders not notified"])
+        self.assertEqual([line.split()[:3] for line in (yield self.cli("queue", "list")).lines],
+                         [[second, "alice@example.org", "dave@far.test"]])
+        self.assertEqual(self.query("SELECT queue_id FROM queue_messages"), [(second,)])
+
+        @defer.inlineCallbacks
+        def collect(store):
+            yield store.metadata.mail.collect_garbage(store.blobs, -10)
+            yield self.assertFailure(store.blobs.get(keys[first]), BlobNotFound)
+            self.assertEqual((yield store.blobs.get(keys[second])), b"Subject: 1\r\n\r\nx\r\n")
+
+        yield self.with_store(collect)

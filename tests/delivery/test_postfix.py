@@ -20,10 +20,10 @@ from emailsvc.delivery import dkim_sign
 from emailsvc.delivery.mda import MDA
 from emailsvc.delivery.queue import Bouncer, OutboundQueue, QueueRunner
 from emailsvc.delivery.remote import RemoteDelivery
-from emailsvc.delivery.sqlqueue import SQLQueueStore
 from emailsvc.interfaces import ISubmitter
 from emailsvc.service import InFlight
 from emailsvc.smtp.submission import SubmissionFactory, SubmissionSession, submitter_factory
+from emailsvc.store.sql.queue import SQLQueueStore
 from tests.delivery import postfix
 from tests.fakedns import DNSTestCase
 from tests.store.test_sqlite import open_embedded

@@ -11,9 +11,9 @@ from emailsvc.config import QueueConfig
 from emailsvc.delivery.mda import MDA
 from emailsvc.delivery.queue import Bouncer, OutboundQueue, QueueRunner, retry_delay
 from emailsvc.delivery.remote import DELIVERED, PERMANENT, TEMPORARY, Attempt
-from emailsvc.delivery.sqlqueue import Outcome, SQLQueueStore
 from emailsvc.errors import BlobNotFound
 from emailsvc.interfaces import IQueue
+from emailsvc.store.sql.queue import Outcome, SQLQueueStore
 from tests.store.test_sqlite import open_embedded, stored_messages
 
 MESSAGE = b"From: alice@example.test\r\nTo: x@remote.test\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -169,7 +169,7 @@ class RunnerTests(QueueFixture, unittest.TestCase):
         self.assertEqual([retry_delay(n, 300, 3600) for n in range(1, 7)], [300, 600, 1200, 2400, 3600, 3600])
         self.remote.script = {"x@down.test": (TEMPORARY, "451 4.4.1 Connection refused")}
         yield self.queue.enqueue(MESSAGE, "alice@example.test", ["x@down.test"])
-        runner = self.runner()
+        runner = self.runner(settings=QueueConfig(delay_warning=0))  # no delay DSN: a single DSN below
         times = []
         # Scan every minute of fake time for a little over five days.
         while True:
@@ -260,15 +260,30 @@ class RunnerTests(QueueFixture, unittest.TestCase):
     def test_wake_and_periodic_scan(self):
         runner = self.runner()
         self.queue.listeners.append(runner.wake)
-        runner.start()
+        yield runner.start()
         self.addCleanup(runner.stop)
         yield self.queue.enqueue(MESSAGE, "alice@example.test", ["x@remote.test"])
-        self.clock.advance(0)
         for _ in range(100):
+            self.clock.advance(0)  # the wake may wait for the start's pass to end
             if not (yield self.store.recipients()):
                 break
             yield deferLater(0.01)
         self.assertEqual(len(self.remote.calls), 1)
+
+    @defer.inlineCallbacks
+    def test_a_backlog_larger_than_a_batch_drains_without_waiting_for_a_scan(self):
+        for n in range(7):
+            yield self.queue.enqueue(MESSAGE, "alice@example.test", [f"r{n}@remote{n}.test"])
+        runner = self.runner(settings=QueueConfig(batch_size=3))
+        yield runner.start()
+        self.addCleanup(runner.stop)
+        # One scan at start and no wake: the clock never reaches the next scan.
+        for _ in range(100):
+            self.clock.advance(0)
+            if not (yield self.store.recipients()):
+                break
+            yield deferLater(0.01)
+        self.assertEqual(len(self.remote.calls), 7)
 
 
 def deferLater(seconds):
@@ -279,13 +294,14 @@ def deferLater(seconds):
 
 class RestartTests(QueueFixture, unittest.TestCase):
     @defer.inlineCallbacks
-    def test_queue_survives_a_crash_with_leased_rows(self):
+    def crash(self, owner):
+        """Queue three recipients, lease them all to `owner`, then lose the
+        process (the database is closed and opened again)."""
         from emailsvc.store.sql.backend import SQLiteBackend
 
         yield self.queue.enqueue(MESSAGE, "alice@example.test", ["a@one.test", "b@two.test"])
         yield self.queue.enqueue(MESSAGE, "alice@example.test", ["c@one.test"])
-        # A runner leased everything, then its process died mid-delivery.
-        leased = yield self.store.lease_due("dead-runner", START, int(self.settings.lease_time), 100)
+        leased = yield self.store.lease_due(owner, START, int(self.settings.lease_time), 100)
         self.assertEqual(len(leased), 3)
         path = self.metadata.db.path
         yield self.metadata.stop()
@@ -293,13 +309,105 @@ class RestartTests(QueueFixture, unittest.TestCase):
         yield reopened.start()
         self.addCleanup(reopened.stop)
         self.store = SQLQueueStore(reopened.db)
+        self.queue = OutboundQueue(self.store, self.blobs, self.clock)
+
+    def sent(self):
+        return sorted(r for _, _, recipients, _ in self.remote.calls for r in recipients)
+
+    @defer.inlineCallbacks
+    def test_queue_survives_a_crash_with_leased_rows(self):
+        yield self.crash("dead-runner")
         runner = self.runner("restarted")
+        yield runner.start()
+        self.addCleanup(runner.stop)
         yield runner.run_once()
-        self.assertEqual(self.remote.calls, [])  # the dead runner's leases still hold
+        self.assertEqual(self.remote.calls, [])  # another runner's leases still hold
         self.clock.advance(self.settings.lease_time)
         yield runner.run_once()
-        sent = sorted(r for _, _, recipients, _ in self.remote.calls for r in recipients)
-        self.assertEqual(sent, ["a@one.test", "b@two.test", "c@one.test"])
+        self.assertEqual(self.sent(), ["a@one.test", "b@two.test", "c@one.test"])
         self.assertEqual((yield self.store.recipients()), [])
         yield runner.run_once()
         self.assertEqual(len(self.remote.calls), 3)
+
+    @defer.inlineCallbacks
+    def test_restarted_runner_takes_its_own_rows_back_at_once(self):
+        yield self.crash("mx1")
+        # Another, live runner holds a row of its own: it keeps it.
+        yield self.queue.enqueue(MESSAGE, "alice@example.test", ["d@two.test"])
+        (kept,) = yield self.store.lease_due("mx2", START, int(self.settings.lease_time), 10)
+        self.assertEqual(kept.recipient, "d@two.test")
+        runner = self.runner(owner=None, settings=QueueConfig(runner_id="mx1"))
+        self.assertEqual(runner.owner, "mx1")
+        yield runner.start()
+        self.addCleanup(runner.stop)
+        yield runner.run_once()  # waits for the scan made at start
+        self.assertEqual(self.sent(), ["a@one.test", "b@two.test", "c@one.test"])
+        (row,) = yield self.store.recipients()
+        self.assertEqual((row.recipient, row.status, row.lease_owner), ("d@two.test", "pending", "mx2"))
+
+    def test_default_runner_id_is_the_host_name(self):
+        import socket
+
+        self.assertEqual(self.runner(owner=None).owner, socket.gethostname())
+
+
+class DelayWarningTests(QueueFixture, unittest.TestCase):
+    settings = QueueConfig(delay_warning=3600, expire_after=4 * 3600)
+
+    @defer.inlineCallbacks
+    def test_one_delayed_dsn_per_recipient_then_the_bounce(self):
+        self.remote.script = {"x@down.test": (TEMPORARY, "451 4.4.1 Connection refused"),
+                              "y@down.test": (TEMPORARY, "421 4.4.2 Too busy")}
+        yield self.queue.enqueue(MESSAGE, "alice@example.test", ["x@down.test", "y@down.test", "ok@up.test"])
+        # A bounce that cannot be delivered either is never warned about.
+        yield self.queue.enqueue(MESSAGE, "", ["x@down.test"])
+        runner = self.runner()
+        arrivals = []
+        while (yield self.store.recipients()):
+            yield runner.run_once()
+            count = len((yield self.inbox(self.alice)))
+            if count > len(arrivals):
+                arrivals.append(int(self.clock.seconds()) - START)
+            self.clock.advance(60)
+        self.assertEqual(arrivals, [3600, 4 * 3600])
+        delayed, failed = yield self.inbox(self.alice)
+        report = email.message_from_bytes(delayed)
+        self.assertEqual(report["Subject"], "Delayed Mail (still being retried)")
+        text, status, _ = report.get_payload()
+        until = email.utils.formatdate(START + 4 * 3600, usegmt=True)
+        self.assertIn(f"will keep trying until {until}", text.get_payload())
+        blocks = status.get_payload()[1:]
+        self.assertEqual([(b["Final-Recipient"], b["Action"], b["Status"], b["Will-Retry-Until"]) for b in blocks],
+                         [("rfc822; x@down.test", "delayed", "4.4.1", until),
+                          ("rfc822; y@down.test", "delayed", "4.4.2", until)])
+        self.assertEqual(blocks[0]["Diagnostic-Code"], "smtp; 451 4.4.1 Connection refused")
+        self.assertEqual(blocks[0]["Remote-MTA"], "dns; mx.down.test")
+        blocks = email.message_from_bytes(failed).get_payload()[1].get_payload()[1:]
+        self.assertEqual([(b["Final-Recipient"], b["Action"]) for b in blocks],
+                         [("rfc822; x@down.test", "failed"), ("rfc822; y@down.test", "failed")])
+
+    @defer.inlineCallbacks
+    def test_disabled_with_zero(self):
+        self.remote.script = {"x@down.test": (TEMPORARY, "451 4.4.1 Connection refused")}
+        yield self.queue.enqueue(MESSAGE, "alice@example.test", ["x@down.test"])
+        self.clock.advance(3 * 3600)
+        yield self.runner(settings=QueueConfig(delay_warning=0, expire_after=4 * 3600)).run_once()
+        yield self.runner().run_once()  # the same row, with warnings on
+        self.assertEqual(len((yield self.inbox(self.alice))), 1)
+
+
+class BoundaryTests(unittest.TestCase):
+    def test_delivery_code_has_no_sql(self):
+        import os
+        import re
+
+        import emailsvc.delivery
+
+        sql = re.compile(r"\b(SELECT|INSERT INTO|DELETE FROM|UPDATE \w+ SET)\b")
+        folder = os.path.dirname(emailsvc.delivery.__file__)
+        names = [name for name in os.listdir(folder) if name.endswith(".py")]
+        self.assertIn("queue.py", names)
+        self.assertNotIn("sqlqueue.py", names)
+        for name in names:
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                self.assertIsNone(sql.search(handle.read()), name)

@@ -2,7 +2,7 @@
 before the listeners, and submission sessions that enqueue."""
 import os
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from emailsvc.config import parse
@@ -43,3 +43,19 @@ class QueueWiringTests(unittest.TestCase):
         defaults = parse("").queue
         self.assertEqual((defaults.retry_initial, defaults.retry_max, defaults.expire_after, defaults.remote_port),
                          (300.0, 3600.0, 432000.0, 25))
+
+    def test_save_to_sent(self):
+        for value in (False, True):
+            root = build(self.config(f"[submission]\nsave_to_sent = {str(value).lower()}\n"), reactor)
+            session = root.getServiceNamed("submission").factory.session_factory()
+            self.assertIs(session._save_to_sent, value)
+
+    @defer.inlineCallbacks
+    def test_runner_id(self):
+        root = build(self.config('[queue]\nrunner_id = "box-1"\n'), reactor)
+        store, queue = root.getServiceNamed("store"), root.getServiceNamed("queue")
+        yield store.start()
+        self.addCleanup(store.stop)
+        yield queue.start()
+        self.addCleanup(queue.stop)
+        self.assertEqual(queue.runner.owner, "box-1")

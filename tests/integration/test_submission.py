@@ -44,6 +44,7 @@ class SubmissionFixture(DNSTestCase):
 
     max_failures = 3
     per_hour = 0
+    save_to_sent = False
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -80,7 +81,8 @@ class SubmissionFixture(DNSTestCase):
 
         def session():
             return SubmissionSession(directory=directory, mda=mda, signer=self.signer, hostname=HOST,
-                                     clock=reactor, inflight=self.inflight, rate_limiter=self.rate)
+                                     clock=reactor, inflight=self.inflight, rate_limiter=self.rate,
+                                     save_to_sent=self.save_to_sent)
 
         def portal_for(address):
             return Portal(realm, [checker.for_client(address)])
@@ -184,6 +186,12 @@ class SubmissionTests(SubmissionFixture, unittest.TestCase):
         signatures = parsed.get_all("DKIM-Signature")
         self.assertEqual(len(signatures), 2)
         self.assertTrue(raw.endswith(MESSAGE))
+
+    @defer.inlineCallbacks
+    def test_no_sent_copy_by_default(self):
+        yield self.submit()
+        self.assertEqual(len((yield self.inbox(self.bob))), 1)
+        self.assertEqual((yield self.inbox(self.alice, "Sent")), [])
 
     @defer.inlineCallbacks
     def test_existing_date_and_message_id_are_kept(self):
@@ -347,6 +355,39 @@ class SubmissionTests(SubmissionFixture, unittest.TestCase):
         (raw,) = yield self.inbox(self.bob)
         self.assertEqual(email.message_from_bytes(raw)["Subject"], "via swaks")
         self.assertIn(b"DKIM-Signature", raw)
+
+
+class SaveToSentTests(SubmissionFixture, unittest.TestCase):
+    save_to_sent = True
+
+    @defer.inlineCallbacks
+    def test_signed_copy_filed_as_seen(self):
+        yield self.submit(sender="sales@example.test",
+                          message=MESSAGE.replace(b"alice@example.test", b"sales@example.test"))
+        (received,) = yield self.inbox(self.bob)
+        ((record, _, copy),) = yield stored_messages(self.mail, self.blobs, self.alice.id, "Sent")
+        self.assertEqual(set(record.flags), {"\\Seen"})
+        self.assertEqual(len(email.message_from_bytes(copy).get_all("DKIM-Signature")), 2)
+        # Bob's copy is the same message behind the Return-Path and Received fields.
+        self.assertTrue(received.endswith(copy))
+        self.assertEqual(email.message_from_bytes(received[:-len(copy)]).keys(), ["Return-Path", "Received"])
+        self.assertEqual((yield self.inbox(self.alice)), [])
+
+    @defer.inlineCallbacks
+    def test_failure_to_file_does_not_fail_the_submission(self):
+        from emailsvc.errors import StoreError
+
+        self.patch(self.mail, "get_special_mailbox", lambda *args: defer.fail(StoreError("disk on fire")))
+        self.assertEqual((yield self.submit()), {})
+        self.assertEqual(len((yield self.inbox(self.bob))), 1)
+        self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
+
+    @defer.inlineCallbacks
+    def test_without_a_sent_mailbox(self):
+        yield self.mail.delete_mailbox(self.alice.id, "Sent")
+        self.assertEqual((yield self.submit()), {})
+        self.assertEqual(len((yield self.inbox(self.bob))), 1)
+        self.assertEqual((yield self.inbox(self.alice)), [])  # not filed elsewhere instead
 
 
 class RateLimitTests(SubmissionFixture, unittest.TestCase):

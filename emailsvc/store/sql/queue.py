@@ -1,4 +1,4 @@
-"""The outbound queue's rows in the metadata SQL database (delta 0004).
+"""The outbound queue's rows in the metadata SQL database (deltas 0004, 0005).
 
 Every write runs in the engine's writer transaction, so leasing is
 atomic: a row is handed to one runner until its lease runs out or the
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+
+from emailsvc.errors import NotFound
 
 PENDING, DELIVERED, FAILED, EXPIRED = "pending", "delivered", "failed", "expired"
 _CHUNK = 500
@@ -79,6 +81,20 @@ def _select_ids(connection, ids) -> list[QueuedRecipient]:
     return found
 
 
+def _message_ids(connection, queue_ids) -> list[int]:
+    """The row ids of the messages `queue_ids`; NotFound names the first unknown one."""
+    found = {}
+    for start in range(0, len(queue_ids), _CHUNK):
+        chunk = queue_ids[start:start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        found.update(connection.execute(
+            f"SELECT queue_id, id FROM queue_messages WHERE queue_id IN ({marks})", chunk).fetchall())
+    for queue_id in queue_ids:
+        if queue_id not in found:
+            raise NotFound(f"no such queued message: {queue_id}")
+    return sorted(set(found.values()))
+
+
 class SQLQueueStore:
     """Queue rows over a database engine (SQLiteDatabase); every method
     returns a Deferred."""
@@ -106,6 +122,20 @@ class SQLQueueStore:
 
         return self._db.write(add)
 
+    def _lease(self, owner: str, now: int, lease_time: int, candidates: str, parameters):
+        """Lease the rows `candidates` (a SELECT of ids over `parameters`).
+        @return: Deferred[list[QueuedRecipient]]."""
+
+        def lease(connection):
+            ids = [row[0] for row in connection.execute(
+                "UPDATE queue_recipients SET lease_owner = ?, lease_until = ?"
+                f" WHERE id IN ({candidates}) RETURNING id",
+                (owner, now + lease_time, *parameters),
+            )]
+            return _select_ids(connection, ids)
+
+        return self._db.write(lease)
+
     def lease_due(self, owner: str, now: int, lease_time: int, limit: int):
         """Lease up to `limit` pending recipients that are due and not held
         by a live lease, round-robin over destination domains so a backlog
@@ -113,37 +143,33 @@ class SQLQueueStore:
 
         @return: Deferred[list[QueuedRecipient]].
         """
-
-        def lease(connection):
-            ids = [row[0] for row in connection.execute(
-                "UPDATE queue_recipients SET lease_owner = ?, lease_until = ? WHERE id IN ("
-                " SELECT id FROM (SELECT id, next_attempt, ROW_NUMBER() OVER"
-                "  (PARTITION BY domain ORDER BY next_attempt, id) AS turn FROM queue_recipients"
-                "  WHERE status = 'pending' AND next_attempt <= ?"
-                "  AND (lease_until IS NULL OR lease_until <= ?))"
-                " ORDER BY turn, next_attempt, id LIMIT ?) RETURNING id",
-                (owner, now + lease_time, now, now, limit),
-            )]
-            return _select_ids(connection, ids)
-
-        return self._db.write(lease)
+        return self._lease(owner, now, lease_time,
+                           "SELECT id FROM (SELECT id, next_attempt, ROW_NUMBER() OVER"
+                           " (PARTITION BY domain ORDER BY next_attempt, id) AS turn FROM queue_recipients"
+                           " WHERE status = 'pending' AND next_attempt <= ?"
+                           " AND (lease_until IS NULL OR lease_until <= ?))"
+                           " ORDER BY turn, next_attempt, id LIMIT ?", (now, now, limit))
 
     def lease_notifications(self, owner: str, now: int, lease_time: int, limit: int):
         """Lease finished recipients that still owe the sender a DSN.
 
         @return: Deferred[list[QueuedRecipient]].
         """
+        return self._lease(owner, now, lease_time,
+                           "SELECT id FROM queue_recipients WHERE dsn_pending = 1"
+                           " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY id LIMIT ?", (now, limit))
 
-        def lease(connection):
-            ids = [row[0] for row in connection.execute(
-                "UPDATE queue_recipients SET lease_owner = ?, lease_until = ? WHERE id IN ("
-                " SELECT id FROM queue_recipients WHERE dsn_pending = 1"
-                " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY id LIMIT ?) RETURNING id",
-                (owner, now + lease_time, now, limit),
-            )]
-            return _select_ids(connection, ids)
+    def lease_delay_warnings(self, owner: str, now: int, lease_time: int, queued_before: int, limit: int):
+        """Lease pending recipients of messages with a sender, queued before
+        `queued_before` and not yet warned of the delay.
 
-        return self._db.write(lease)
+        @return: Deferred[list[QueuedRecipient]].
+        """
+        return self._lease(owner, now, lease_time,
+                           "SELECT r.id FROM queue_recipients r JOIN queue_messages m ON m.id = r.message_id"
+                           " WHERE r.status = 'pending' AND r.delay_warned = 0 AND m.created <= ?"
+                           " AND m.sender != '' AND (r.lease_until IS NULL OR r.lease_until <= ?)"
+                           " ORDER BY r.id LIMIT ?", (queued_before, now, limit))
 
     def record(self, owner: str, outcomes, now: int):
         """Store attempt outcomes for rows `owner` still leases, releasing
@@ -166,18 +192,40 @@ class SQLQueueStore:
 
         return self._db.write(record)
 
-    def notified(self, owner: str, ids, now: int):
-        """The DSN for rows `ids` is durable: clear their debt and lease."""
+    def _settle(self, owner: str, ids, now: int, assignment: str):
+        """Set `assignment` on rows `ids` that `owner` leases, releasing them."""
         ids = list(ids)
 
-        def done(connection):
+        def settle(connection):
             connection.executemany(
-                "UPDATE queue_recipients SET dsn_pending = 0, lease_owner = NULL, lease_until = NULL,"
+                f"UPDATE queue_recipients SET {assignment}, lease_owner = NULL, lease_until = NULL,"
                 " updated = ? WHERE id = ? AND lease_owner = ?",
                 [(now, row_id, owner) for row_id in ids],
             )
 
-        return self._db.write(done)
+        return self._db.write(settle)
+
+    def notified(self, owner: str, ids, now: int):
+        """The DSN for rows `ids` is durable: clear their debt and lease."""
+        return self._settle(owner, ids, now, "dsn_pending = 0")
+
+    def warned(self, owner: str, ids, now: int):
+        """The delay DSN for rows `ids` is durable: never warn them again,
+        and release them."""
+        return self._settle(owner, ids, now, "delay_warned = 1")
+
+    def release_owner(self, owner: str):
+        """Release every row `owner` leases: called by a runner starting
+        under the id of a previous run that died holding them.
+        @return: Deferred[number of rows released]."""
+
+        def release(connection):
+            return connection.execute(
+                "UPDATE queue_recipients SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
+                (owner,),
+            ).rowcount
+
+        return self._db.write(release)
 
     def release(self, owner: str, ids):
         """Give rows back unchanged (a runner stopping mid-way)."""
@@ -207,17 +255,54 @@ class SQLQueueStore:
         return self._db.write(purge)
 
     def recipients(self, queue_id: str | None = None):
-        """Every recipient row (of one message when `queue_id` is given).
+        """Every recipient row (of one message when `queue_id` is given),
+        pending ones first, soonest due first.
         @return: Deferred[list[QueuedRecipient]]."""
 
         def query(connection):
+            order = " ORDER BY r.status != 'pending', r.next_attempt, r.id"
             if queue_id is None:
-                rows = connection.execute(f"{_SELECT} ORDER BY r.id")
+                rows = connection.execute(_SELECT + order)
             else:
-                rows = connection.execute(f"{_SELECT} WHERE m.queue_id = ? ORDER BY r.id", (queue_id,))
+                rows = connection.execute(f"{_SELECT} WHERE m.queue_id = ?{order}", (queue_id,))
             return [_row(row) for row in rows]
 
         return self._db.read(query)
+
+    def retry(self, queue_ids, now: int):
+        """Make the pending recipients of the messages `queue_ids` (of every
+        message when None) due at `now`.  Raises NotFound, changing nothing,
+        for an unknown queue id.  @return: Deferred[number of recipients]."""
+        queue_ids = None if queue_ids is None else list(queue_ids)
+
+        def retry(connection):
+            sql = "UPDATE queue_recipients SET next_attempt = ?, updated = ? WHERE status = 'pending'"
+            parameters = [now, now]
+            if queue_ids is not None:
+                ids = _message_ids(connection, queue_ids)
+                sql += f" AND message_id IN ({', '.join('?' * len(ids))})"
+                parameters += ids
+            return connection.execute(sql, parameters).rowcount
+
+        return self._db.write(retry)
+
+    def delete(self, queue_ids):
+        """Drop the messages `queue_ids` and their recipients, without any
+        DSN; their blobs become garbage.  Raises NotFound, deleting nothing,
+        for an unknown queue id.  @return: Deferred[number of recipients]."""
+        queue_ids = list(queue_ids)
+
+        def delete(connection):
+            ids = _message_ids(connection, queue_ids)
+            marks = ", ".join("?" * len(ids))
+            count = connection.execute(
+                f"SELECT count(*) FROM queue_recipients WHERE message_id IN ({marks})", ids
+            ).fetchone()[0]
+            # The recipient rows go with their message (ON DELETE CASCADE).
+            connection.execute(f"DELETE FROM queue_messages WHERE id IN ({marks})", ids)
+            return count
+
+        return self._db.write(delete)
 
     def next_due(self):
         """The earliest next_attempt of a pending row, or None.
