@@ -85,7 +85,7 @@ class Emailsvc:
 
     def __init__(self, workdir: str, *, max_connections_per_ip: int = 20, profile: str | None = None,
                  password: str = "bench-password", checks: list[str] | None = (),
-                 nameservers: list[str] | None = None):
+                 nameservers: list[str] | None = None, workers: int = 0):
         self.workdir = os.path.abspath(workdir)
         self.data = os.path.join(self.workdir, "var")
         self.database = os.path.join(self.data, "emailsvc.sqlite3")
@@ -102,6 +102,7 @@ class Emailsvc:
         # and without `nameservers` (NXDomainDNS) every DNS lookup times out.
         self.checks = None if checks is None else list(checks)
         self.nameservers = list(nameservers or [])
+        self.workers = workers
 
     def write_config(self) -> None:
         os.makedirs(self.data, exist_ok=True)
@@ -111,6 +112,7 @@ class Emailsvc:
 hostname = "mx.bench.test"
 data_dir = "{self.data}"
 shutdown_timeout = 30.0
+workers = {self.workers}
 
 [store.sqlite]
 path = "{self.database}"

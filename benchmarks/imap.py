@@ -10,8 +10,10 @@ hash scheme and the same messages, and drives both with the same load:
   verifies with, only does p=1); Maildir under each user's home; implicit
   TLS with a self-signed certificate; otherwise Debian's defaults.
 - emailsvc: the real `twistd -n emailsvc` (benchmarks/harness.py) with an
-  implicit-TLS IMAP listener, the embedded store, users added with the
-  `emailsvc` admin command (ARGON2ID through argon2-cffi: m=64 MiB, t=3, p=4).
+  implicit-TLS IMAP listener served by `--workers` worker processes (one
+  per core by default, as Dovecot runs a process per connection; 0: one
+  process), the embedded store, users added with the `emailsvc` admin
+  command (ARGON2ID through argon2-cffi: m=64 MiB, t=3, p=4).
 - The same messages (benchmarks/imap_load.py: text and multipart with
   attachments, 2 KB to 60 KB, a fifth \\Seen) are APPENDed to both over
   IMAP before the clock starts.
@@ -26,7 +28,7 @@ commands/s, zero protocol errors, p99 under 50 ms) and writes the figures
 into benchmarks/README.rst.  Run as root (Dovecot drops privileges to the
 mail user and its own service users):
 
-    sudo .venv/bin/python benchmarks/imap.py [--users 8] [--messages 200] [--seconds 30]
+    sudo .venv/bin/python benchmarks/imap.py [--users 8] [--messages 200] [--seconds 30] [--workers N]
 """
 from __future__ import annotations
 
@@ -180,12 +182,13 @@ class EmailsvcIMAP(harness.Emailsvc):
     """harness.Emailsvc with an implicit-TLS IMAP listener."""
 
     name = "emailsvc"
-    detail = "twistd, embedded store (SQLite WAL + files), ARGON2ID (m=64M t=3 p=4), implicit TLS"
 
-    def __init__(self, workdir, user_names, profile=None):
-        super().__init__(os.path.join(workdir, "emailsvc"), profile=profile, password=PASSWORD)
+    def __init__(self, workdir, user_names, profile=None, workers=0):
+        super().__init__(os.path.join(workdir, "emailsvc"), profile=profile, password=PASSWORD, workers=workers)
         self.users = user_names
         self.imap_port = harness.free_port()
+        self.detail = (f"twistd, {workers} worker processes (server.workers), embedded store (SQLite WAL + files),"
+                       f" ARGON2ID (m=64M t=3 p=4), implicit TLS")
 
     def write_config(self):
         super().write_config()
@@ -263,7 +266,7 @@ def report(options, setups, results) -> str:
     lines = [f"Measured {when} on {harness.machine()} (noisy; the ratios count)::", "",
              f"    python benchmarks/imap.py --users {options.users} --messages {options.messages}"
              f" --seconds {options.seconds} --processes {options.processes} --threads {options.threads}"
-             f" --commands {options.commands}", "",
+             f" --commands {options.commands} --workers {options.workers}", "",
              f"{options.users} users x {options.messages} messages"
              f" ({setups['emailsvc'][0] / options.users / options.messages / 1024:.0f} KB average),"
              f" {options.processes * options.threads} concurrent sessions of {options.commands} commands,"
@@ -307,7 +310,10 @@ def main():
     parser.add_argument("--commands", type=int, default=200, help="per session, after LOGIN and SELECT")
     parser.add_argument("--max-sessions", type=int, default=10 ** 6, help="per thread")
     parser.add_argument("--only", choices=("emailsvc", "dovecot"), help="drive one server (no README)")
-    parser.add_argument("--profile", help="run emailsvc under cProfile, stats to this file")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="emailsvc's server.workers (default: one per core; 0: a single process)")
+    parser.add_argument("--profile", help="run emailsvc's main process under cProfile, stats to this file"
+                        " (it serves IMAP only with --workers 0)")
     parser.add_argument("--no-readme", action="store_true")
     options = parser.parse_args()
     if os.geteuid() != 0:
@@ -317,7 +323,7 @@ def main():
     results, setups = {}, {}
     with tempfile.TemporaryDirectory(prefix="imap-bench-") as workdir:
         os.chmod(workdir, 0o755)
-        servers = [("emailsvc", lambda: EmailsvcIMAP(workdir, names, options.profile)),
+        servers = [("emailsvc", lambda: EmailsvcIMAP(workdir, names, options.profile, options.workers)),
                    ("dovecot", lambda: Dovecot(workdir, names))]
         for name, make in servers:
             if options.only and name != options.only:
@@ -333,6 +339,9 @@ def main():
                 results[name] = summary
                 print(f"{name}: {summary['commands']} commands in {elapsed:.1f} s = {summary['rate']:.0f}/s,"
                       f" {errors} protocol errors {examples[:2]}", flush=True)
+                print("  p50/p99 ms: " + ", ".join(
+                    f"{command} {row['p50'] * 1000:.0f}/{row['p99'] * 1000:.0f}"
+                    for command, row in summary["rows"].items()), flush=True)
     if options.only:
         return
     text = report(options, setups, results)

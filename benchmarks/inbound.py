@@ -87,12 +87,14 @@ def count_files(directory: str) -> int:
 
 class EmailsvcServer:
     name = "emailsvc"
-    detail = "embedded store (SQLite WAL synchronous=FULL, blob files synced), no inbound checks"
 
-    def __init__(self, workdir, profile=None, checks=False):
+    def __init__(self, workdir, profile=None, checks=False, workers=0):
         self.root = os.path.join(workdir, "emailsvc")
         self.profile = profile
         self.checks = checks
+        self.workers = workers
+        self.detail = (f"embedded store (SQLite WAL synchronous=FULL, blob files synced), {workers} worker"
+                       f" processes (server.workers), no inbound checks")
         self.stack = contextlib.ExitStack()
         self.server = None
 
@@ -108,7 +110,7 @@ class EmailsvcServer:
             # new one may arrive before the server has seen the previous one
             # close.  Postfix exempts $mynetworks from its per-client limits.
             self.server = stack.enter_context(harness.Emailsvc(
-                self.root, max_connections_per_ip=1000, profile=self.profile, **options))
+                self.root, max_connections_per_ip=1000, profile=self.profile, workers=self.workers, **options))
             self.port = self.server.port
             self.stack = stack.pop_all()
         return self
@@ -324,9 +326,9 @@ def measure(server, args, log_path: str) -> Run:
     return run
 
 
-def start(name: str, workdir: str, profile: str | None = None, checks: bool = False):
+def start(name: str, workdir: str, profile: str | None = None, checks: bool = False, workers: int = 0):
     if name == "emailsvc":
-        return EmailsvcServer(workdir, profile, checks)
+        return EmailsvcServer(workdir, profile, checks, workers)
     if name == "postfix":
         return PostfixServer(workdir)
     return AiosmtpdServer(workdir)
@@ -357,7 +359,7 @@ def figures(args, runs, medians, command: str) -> str:
         "server     msgs/s      rounds (msgs/s)  how",
         "=========  ==========  ===============  ==================================================",
     ]
-    details = {"emailsvc": EmailsvcServer.detail, "postfix": PostfixServer.detail, "aiosmtpd": AiosmtpdServer.detail}
+    details = {"emailsvc": EmailsvcServer("", workers=args.workers).detail, "postfix": PostfixServer.detail, "aiosmtpd": AiosmtpdServer.detail}
     for name, items in runs.items():
         median = medians[name]
         each = " ".join(f"{run.rate:.0f}" if run.complete else "fail" for run in items)
@@ -383,6 +385,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs per server, interleaved; the median counts")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of "
                         + ", ".join(SERVERS))
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="emailsvc's server.workers (default: one per core; 0: a single process)")
     parser.add_argument("--reuse", action="store_true", help="several messages per connection (smtp-source -d)")
     parser.add_argument("--timeout", type=float, default=900, help="limit for one smtp-source run, seconds")
     parser.add_argument("--settle-timeout", type=float, default=300,
@@ -411,7 +415,7 @@ def main(argv=None) -> int:
                 os.makedirs(where, exist_ok=True)
                 profile = f"{args.profile}.{round_number}" if args.profile and name == "emailsvc" else None
                 print(f"round {round_number}/{args.rounds}: {name} ...", end=" ", flush=True)
-                with start(name, where, profile, args.checks) as server:
+                with start(name, where, profile, args.checks, args.workers) as server:
                     run = measure(server, args, os.path.join(where, f"{name}-smtp-source.log"))
                     if not run.complete:
                         run.errors.append("server log:\n" + server.log_tail())

@@ -48,6 +48,7 @@ class ServerConfig:
     hostname: str = "localhost"
     data_dir: str = "var"
     shutdown_timeout: float = field(default=30.0, metadata=_range(0))
+    workers: int = field(default=0, metadata=_range(0, 256))
 
 
 @dataclass(frozen=True)

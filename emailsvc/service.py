@@ -380,8 +380,25 @@ class BuildContext:
         self.inflight = inflight
 
 
-def build(config, reactor) -> EmailService:
-    """The root service for `config`; nothing binds until it starts."""
+def describe(listener) -> str:
+    """`address:port (protocol, tls mode)` for log lines and errors."""
+    where = f"[{listener.address}]:{listener.port}" if ":" in listener.address else f"{listener.address}:{listener.port}"
+    return f"{where} ({listener.protocol}, tls {listener.tls})"
+
+
+def build(config, reactor, adopted: dict[str, int] | None = None) -> EmailService:
+    """The root service for `config`; nothing binds until it starts.
+
+    In a worker process (see emailsvc.workers) `adopted` maps the names of
+    the listeners it serves to the listening sockets it inherited; a worker
+    runs no queue runner and no garbage collector.
+    """
+    from emailsvc.workers import AdoptedEndpoint, WorkerPool, pooled_listeners
+
+    worker = adopted is not None
+    pooled = pooled_listeners(config)
+    served = {name: listener for name, listener in config.listeners.items()
+              if (name in adopted if worker else name not in pooled)}
     root = EmailService(reactor, config.server.shutdown_timeout)
     store = open_store(config, reactor)
     store.setServiceParent(root)
@@ -390,25 +407,39 @@ def build(config, reactor) -> EmailService:
         cert, key = tls.ensure_certificate(config.tls, config.server.data_dir, config.server.hostname, config.path)
         tls_context = tls.server_context(cert, key, config.tls.min_version)
     checks = None
-    if any(listener.protocol == "smtp" for listener in config.listeners.values()):
+    if any(listener.protocol == "smtp" for listener in served.values()):
         checks = ChecksService(config, reactor)
         checks.setServiceParent(root)
     context = BuildContext(config, reactor, store, checks, tls_context, root.inflight)
     context.queue = None
     if config.queue.enabled and hasattr(store.metadata, "db"):
         context.queue = QueueService(config, reactor, store)
-        context.queue.setServiceParent(root)
-    for name, listener in config.listeners.items():
+        if not worker:  # workers only enqueue; the main process runs the queue
+            context.queue.setServiceParent(root)
+    for name, listener in served.items():
         factory = PROTOCOLS[listener.protocol](context, listener)
-        where = f"[{listener.address}]:{listener.port}" if ":" in listener.address else f"{listener.address}:{listener.port}"
-        description = f"{where} ({listener.protocol}, tls {listener.tls})"
-        ListenerService(name, endpoint_for(reactor, listener, tls_context), factory, description).setServiceParent(root)
-    PeriodicService(
-        "garbage-collector",
-        config.store.gc_interval,
-        lambda: store.metadata.mail.collect_garbage(store.blobs, config.store.orphan_grace),
-        reactor,
-    ).setServiceParent(root)
+        if worker:
+            implicit = tls_context if listener.tls == "implicit" else None
+            endpoint = AdoptedEndpoint(reactor, adopted[name], listener.address, implicit)
+        else:
+            endpoint = endpoint_for(reactor, listener, tls_context)
+        ListenerService(name, endpoint, factory, describe(listener)).setServiceParent(root)
+    if pooled and not worker:
+        WorkerPool(reactor, config, pooled).setServiceParent(root)
+    if not worker:
+        PeriodicService(
+            "garbage-collector",
+            config.store.gc_interval,
+            lambda: store.metadata.mail.collect_garbage(store.blobs, config.store.orphan_grace),
+            reactor,
+        ).setServiceParent(root)
+    db = getattr(store.metadata, "db", None)
+    if config.server.workers and getattr(db, "dialect", None) == "sqlite":
+        from emailsvc.store.sql.changes import POLL_INTERVAL, ChangeFeed
+
+        feed = ChangeFeed(db, store.metadata.mail.notifier,
+                          context.queue.queue.listeners if context.queue else ())
+        PeriodicService("change-feed", POLL_INTERVAL, feed.poll, reactor).setServiceParent(root)
     return root
 
 

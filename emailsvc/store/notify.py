@@ -4,8 +4,10 @@ The mail store publishes the id of every mailbox a committed transaction
 changed (new, flagged, expunged or deleted messages); protocol sessions
 that show that mailbox (IMAP SELECT, IDLE) subscribe and re-read what
 changed from the store.  A notification carries no data, so a missed or
-coalesced one only delays a session until its next poll; a scale-out
-backend feeds the same notifier from PostgreSQL LISTEN.
+coalesced one only delays a session until its next poll.  Changes made by
+other processes reach the notifier through a poller
+(`emailsvc.store.sql.changes`); a scale-out backend would feed it from
+PostgreSQL LISTEN.
 """
 from __future__ import annotations
 
@@ -39,6 +41,10 @@ class Notifier:
         subscription = Subscription(self, mailbox_id, callback)
         self._subscribers.setdefault(mailbox_id, []).append(subscription)
         return subscription
+
+    def mailbox_ids(self) -> list[int]:
+        """The ids that have at least one subscription."""
+        return list(self._subscribers)
 
     def subscribers(self, mailbox_id: int) -> int:
         """How many subscriptions `mailbox_id` has (for tests and metrics)."""

@@ -4,9 +4,18 @@ Write jobs queue to a single writer thread.  Each job runs in its own
 SAVEPOINT, and every job that queued while the previous COMMIT was being
 synced joins the next transaction, so N concurrent deliveries cost one
 fsync rather than N.  A failing job rolls back only its own savepoint.
+
+Several processes (server.workers) may write to one file.  Their writer
+threads take turns on an exclusive flock(2) of `PATH-writer.lock` around
+each transaction: the next writer wakes as soon as the lock is free,
+where SQLite's busy handler would sleep and poll.  Other programs (the
+admin command) still just wait on SQLite's own lock.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -54,15 +63,23 @@ class SQLiteDatabase:
         ready = defer.Deferred()
 
         def run():
+            lock = None
             try:
                 connection = self._connect()
-                apply_deltas(connection, self.dialect)
+                lock = os.open(self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                with _exclusive(lock):
+                    apply_deltas(connection, self.dialect)
             except BaseException:
                 failure = Failure()
+                if lock is not None:
+                    os.close(lock)
                 self._reactor.callFromThread(ready.errback, failure)
                 return
             self._reactor.callFromThread(ready.callback, None)
-            self._write_loop(connection)
+            try:
+                self._write_loop(connection, lock)
+            finally:
+                os.close(lock)
 
         self._pool.start()
         self._writer = threading.Thread(target=run, name="sqlite-write", daemon=True)
@@ -101,10 +118,6 @@ class SQLiteDatabase:
 
         return deferToThreadPool(self._reactor, self._pool, run)
 
-    def run_in_thread(self, function, *args) -> defer.Deferred:
-        """Run CPU-bound `function(*args)` (password hashing) off the reactor."""
-        return deferToThreadPool(self._reactor, self._pool, function, *args)
-
     def write(self, function, *args) -> defer.Deferred:
         """Run `function(connection, *args)` in a committed transaction.
 
@@ -114,7 +127,7 @@ class SQLiteDatabase:
         self._jobs.put((function, args, done))
         return done
 
-    def _write_loop(self, connection: sqlite3.Connection):
+    def _write_loop(self, connection: sqlite3.Connection, lock: int):
         while True:
             job = self._jobs.get()
             if job is _STOP:
@@ -130,7 +143,8 @@ class SQLiteDatabase:
                     stop_after = True
                     break
                 batch.append(more)
-            self._run_batch(connection, batch)
+            with _exclusive(lock):
+                self._run_batch(connection, batch)
             if stop_after:
                 return
 
@@ -158,6 +172,16 @@ class SQLiteDatabase:
             outcomes = [(done, failure) for _, _, done in batch]
         for done, outcome in outcomes:
             self._reactor.callFromThread(_fire, done, outcome)
+
+
+@contextlib.contextmanager
+def _exclusive(fd: int):
+    """flock(LOCK_EX) on `fd` for the duration of a `with` block."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _fire(done: defer.Deferred, outcome):

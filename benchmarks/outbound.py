@@ -1,0 +1,403 @@
+"""Outbound queue throughput: emailsvc vs Postfix as a relay, same machine, same run.
+
+N messages (default 2,000) of ~5 KB are submitted over S parallel
+authenticated SMTP sessions (default 10: STARTTLS, AUTH PLAIN, then each
+session sends its share of the messages on its one connection), one
+recipient each, spread over 10 remote domains.  Every server relays them
+to the same kind of sink, Postfix's `smtp-sink` on loopback (a fresh one
+per run, which counts what it accepted).  The clock runs from just before
+the first connect until the sink has accepted every message:
+
+- emailsvc: the real `twistd -n emailsvc` on the embedded store, its
+  submission listener (STARTTLS) putting the messages in the outbound
+  queue (blob synced, SQL row committed, before the 250), its queue runner
+  delivering them to the sink as its smarthost (`queue.smarthost`, no TLS);
+- Postfix: a throwaway instance (benchmarks/inbound.py's, its main.cf
+  extended) with STARTTLS required before AUTH (Cyrus SASL, sasldb),
+  relaying everything to the sink as its `relayhost`.
+
+Each server runs `--rounds` times, interleaved; the median counts.  Prints
+msgs/s for both and the ratio and writes them into benchmarks/README.rst.
+Installs Postfix and sasl2-bin when missing (as root; running Postfix needs
+root anyway).  Everything listens on 127.0.0.1 on free high ports and is
+stopped at the end, also on error.
+
+    sudo .venv/bin/python benchmarks/outbound.py [--messages 2000] [--sessions 10] [--size 5120] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import re
+import shutil
+import smtplib
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import harness
+import inbound
+
+SMTP_SINK = "/usr/sbin/smtp-sink"
+SASLPASSWD2 = "/usr/sbin/saslpasswd2"
+SERVERS = ("emailsvc", "postfix")
+DOMAINS = 10
+
+
+def ensure_peers() -> None:
+    """Postfix (with smtp-sink) and Cyrus SASL's saslpasswd2, installed when missing."""
+    inbound.ensure_peers()
+    missing = [path for path in (SMTP_SINK, SASLPASSWD2, "/usr/bin/openssl") if not os.path.exists(path)]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"queue: {', '.join(missing)} missing and this is not root; "
+                 "run `apt-get install -y postfix sasl2-bin openssl` first")
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "postfix", "sasl2-bin", "openssl"]
+    if subprocess.run(install, env=environment, timeout=900).returncode:
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], env=environment, timeout=900,
+                       check=True)
+        subprocess.run(install, env=environment, timeout=900, check=True)
+
+
+# -- the sink ----------------------------------------------------------------------
+
+class Sink:
+    """Postfix's smtp-sink on 127.0.0.1: accepts everything, keeps nothing,
+    and writes a running count (`mesg=N`) of the messages it accepted."""
+
+    def __init__(self, workdir: str):
+        self.port = harness.free_port()
+        self.output = os.path.join(workdir, "smtp-sink.out")
+        self.process = None
+
+    def __enter__(self):
+        with open(self.output, "wb") as output:
+            # -c: running counters; -u: the user to run as (required as root);
+            # 256: the listen backlog.
+            command = [SMTP_SINK, "-c", "-h", "sink.bench.test", f"127.0.0.1:{self.port}", "256"]
+            if os.geteuid() == 0:
+                command[1:1] = ["-u", "nobody"]
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output,
+                                            stderr=subprocess.STDOUT)
+        try:
+            harness.wait_for_port(self.port, 10, self.process)
+        except BaseException:
+            harness.stop_process(self.process)
+            raise
+        return self
+
+    def __exit__(self, *exc_info):
+        harness.stop_process(self.process)
+        return False
+
+    def count(self) -> int:
+        """Messages accepted so far (the counter updates at each final dot)."""
+        try:
+            with open(self.output, "rb") as handle:
+                handle.seek(max(os.fstat(handle.fileno()).st_size - 200, 0))
+                found = re.findall(rb"mesg=(\d+)", handle.read())
+        except OSError:
+            return 0
+        return int(found[-1]) if found else 0
+
+
+# -- the servers -------------------------------------------------------------------
+
+class QueueEmailsvc(harness.Emailsvc):
+    """harness.Emailsvc with a submission listener and its queue relaying
+    everything to the sink."""
+
+    def __init__(self, workdir: str, sink_port: int, workers: int):
+        super().__init__(workdir, max_connections_per_ip=1000, workers=workers)
+        self.submission = harness.free_port()
+        self.sink_port = sink_port
+
+    def write_config(self) -> None:
+        super().write_config()
+        with open(self.config, "a", encoding="utf-8") as handle:
+            handle.write(f"""
+[listeners.submission]
+protocol = "submission"
+address = "127.0.0.1"
+port = {self.submission}
+tls = "starttls"
+
+[queue]
+smarthost = "127.0.0.1"
+smarthost_port = {self.sink_port}
+tls = "none"
+""")
+
+
+class EmailsvcRelay:
+    name = "emailsvc"
+
+    def __init__(self, workdir: str, sink_port: int, workers: int):
+        self.server = QueueEmailsvc(os.path.join(workdir, "emailsvc"), sink_port, workers)
+        self.detail = (f"twistd, embedded store, {workers} worker process(es); submission (STARTTLS,"
+                       " AUTH PLAIN, argon2id) -> outbound queue -> queue.smarthost, defaults otherwise")
+        self.password = self.server.password
+
+    def __enter__(self):
+        os.makedirs(self.server.workdir, exist_ok=True)
+        self.server.__enter__()
+        try:
+            harness.wait_for_port(self.server.submission, 10, self.server.process)
+        except BaseException:
+            self.server.__exit__()
+            raise
+        self.port = self.server.submission
+        return self
+
+    def __exit__(self, *exc_info):
+        return self.server.__exit__(*exc_info)
+
+    def log_tail(self) -> str:
+        return harness.tail(self.server.log)
+
+
+class PostfixRelay(inbound.PostfixServer):
+    """inbound.py's throwaway Postfix, made a submission relay: STARTTLS
+    required, then AUTH (Cyrus SASL over a sasldb), and every message sent
+    on to the sink as the relayhost."""
+
+    name = "postfix"
+    detail = ("throwaway instance; smtpd (STARTTLS required, AUTH PLAIN via Cyrus sasldb) -> queue ->"
+              " relayhost, defaults otherwise")
+    password = "bench-password"
+
+    def __init__(self, workdir: str, sink_port: int):
+        super().__init__(workdir)
+        self.sink_port = sink_port
+
+    def _write_config(self):
+        super()._write_config()
+        cert, key = os.path.join(self.etc, "cert.pem"), os.path.join(self.etc, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=postfix.bench.test", "-keyout", key, "-out", cert],
+                       capture_output=True, timeout=120, check=True)
+        sasl = os.path.join(self.etc, "sasl")
+        os.makedirs(sasl, exist_ok=True)
+        sasldb = os.path.join(self.etc, "sasldb2")
+        subprocess.run([SASLPASSWD2, "-f", sasldb, "-p", "-c", "-u", harness.DOMAIN,
+                        harness.USER.split("@")[0]], input=self.password, text=True, capture_output=True,
+                       timeout=60, check=True)
+        shutil.chown(sasldb, "postfix", "postfix")
+        with open(os.path.join(sasl, "smtpd.conf"), "w", encoding="ascii") as handle:
+            handle.write(f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\n"
+                         f"sasldb_path: {sasldb}\n")
+        # Later settings override inbound.py's: relay only for AUTH users.
+        with open(os.path.join(self.etc, "main.cf"), "a", encoding="ascii") as handle:
+            handle.write(f"""
+# benchmarks/outbound.py: a submission relay to the sink.
+relayhost = [127.0.0.1]:{self.sink_port}
+mynetworks = 127.0.0.1/32
+smtpd_relay_restrictions = permit_sasl_authenticated, reject
+smtpd_tls_security_level = encrypt
+smtpd_tls_auth_only = yes
+smtpd_tls_cert_file = {cert}
+smtpd_tls_key_file = {key}
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+cyrus_sasl_config_path = {sasl}
+smtp_tls_security_level = none
+""")
+
+    def count(self) -> int:  # delivery is counted at the sink
+        return 0
+
+
+# -- the load ----------------------------------------------------------------------
+
+def messages(count: int, size: int) -> list[tuple[str, bytes]]:
+    """(recipient, message) pairs, ~`size` bytes of body each."""
+    line = b"The outbound queue benchmark writes this line again and again.\r\n"
+    body = (line * (size // len(line) + 1))[:size]
+    made = []
+    for number in range(count):
+        recipient = f"user{number}@d{number % DOMAINS}.example"
+        headers = (f"From: Alice <{harness.USER}>\r\nTo: <{recipient}>\r\nSubject: queue benchmark {number}\r\n"
+                   f"Message-ID: <bench{number}@example.test>\r\n\r\n").encode()
+        made.append((recipient, headers + body))
+    return made
+
+
+class Run:
+    def __init__(self, server: str, count: int):
+        self.server = server
+        self.messages = count
+        self.accepted = 0
+        self.seconds = 0.0
+        self.submitted_after = 0.0
+        self.errors: list[str] = []
+
+    @property
+    def complete(self) -> bool:
+        return self.accepted >= self.messages and not self.errors
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.seconds if self.seconds else 0.0
+
+
+def measure(server, sink: Sink, load, args) -> Run:
+    """Submit `load` to `server` over `args.sessions` sessions; wait (bounded)
+    until the sink has accepted all of it."""
+    run = Run(server.name, len(load))
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    deadline = time.monotonic() + args.timeout
+    lock = threading.Lock()
+
+    def session(share):
+        try:
+            with smtplib.SMTP("127.0.0.1", server.port, "load.bench.test", timeout=120) as client:
+                client.starttls(context=context)
+                client.login(harness.USER, server.password)
+                for recipient, message in share:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"submission still running after {args.timeout:.0f} s")
+                    refused = client.sendmail(harness.USER, [recipient], message)
+                    if refused:
+                        raise smtplib.SMTPRecipientsRefused(refused)
+        except Exception as problem:  # noqa: BLE001 - reported, the run fails
+            with lock:
+                run.errors.append(f"session: {type(problem).__name__}: {problem}")
+
+    sessions = [threading.Thread(target=session, args=(load[index::args.sessions],), daemon=True)
+                for index in range(args.sessions)]
+    started = time.monotonic()
+    for thread in sessions:
+        thread.start()
+    for thread in sessions:
+        thread.join(max(deadline - time.monotonic(), 0.1))
+    run.submitted_after = time.monotonic() - started
+    if any(thread.is_alive() for thread in sessions):
+        run.errors.append(f"sessions still running after {args.timeout:.0f} s")
+    done = harness.wait_until(lambda: sink.count() >= len(load),
+                              max(deadline - time.monotonic(), 0) if not run.errors else 5, 0.02)
+    run.seconds = time.monotonic() - started
+    run.accepted = sink.count()
+    if not done:
+        run.errors.append(f"the sink accepted only {run.accepted} of {len(load)} messages")
+    return run
+
+
+def start(name: str, workdir: str, sink_port: int, args):
+    if name == "emailsvc":
+        return EmailsvcRelay(workdir, sink_port, args.workers)
+    return PostfixRelay(workdir, sink_port)
+
+
+# -- report ------------------------------------------------------------------------
+
+def figures(args, runs, medians, command: str) -> str:
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rule = "=========  ==========  ===============  ==============  " + "=" * 60
+    lines = [
+        f"Measured {when} on {harness.machine()} (shared and noisy; the ratio counts)::",
+        "",
+        f"    {command}",
+        "",
+        f"{args.messages} messages of {args.size} bytes of body, {args.sessions} parallel authenticated sessions,"
+        f" one recipient each over {DOMAINS} domains, relayed to smtp-sink; {args.rounds} round(s), median;"
+        " submitted = when the last submission got its 250:",
+        "",
+        rule,
+        "server     msgs/s      rounds (msgs/s)  submitted (s)   how",
+        rule,
+    ]
+    details = {"emailsvc": EmailsvcRelay("", 0, args.workers).detail, "postfix": PostfixRelay.detail}
+    for name, items in runs.items():
+        each = " ".join(f"{run.rate:.0f}" if run.complete else "fail" for run in items)
+        submitted = " ".join(f"{run.submitted_after:.1f}" for run in items)
+        value = f"{medians[name]:>10.1f}" if medians[name] is not None else f"{'failed':>10}"
+        lines.append(f"{name:<9}  {value}  {each:<15}  {submitted:<14}  {details[name]}")
+    lines += [rule, ""]
+    ours, theirs = medians.get("emailsvc"), medians.get("postfix")
+    if ours and theirs:
+        lines.append(f"- emailsvc / postfix: **{ours / theirs:.2f}x**")
+    elif "emailsvc" in medians and "postfix" in medians:
+        lines.append("- emailsvc / postfix: n/a (a run failed)")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--size", type=int, default=5120, help="body bytes per message")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per server, interleaved; the median counts")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of "
+                        + ", ".join(SERVERS))
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="emailsvc's server.workers (default: one per core; 0: a single process)")
+    parser.add_argument("--timeout", type=float, default=600, help="limit for one run, seconds")
+    parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.rst")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
+    if not servers or any(name not in SERVERS for name in servers):
+        parser.error(f"--servers takes names among {', '.join(SERVERS)}")
+    if not (1 <= args.messages <= 200_000 and 1 <= args.sessions <= 100 and 1 <= args.rounds <= 20
+            and 100 <= args.size <= 10_000_000 and 1 <= args.timeout <= 7200):
+        parser.error("--messages 1..200000, --sessions 1..100, --rounds 1..20, --size 100..10000000,"
+                     " --timeout 1..7200")
+    ensure_peers()
+    load = messages(args.messages, args.size)
+    workdir = tempfile.mkdtemp(prefix="emailsvc-queue-")
+    runs: dict[str, list[Run]] = {name: [] for name in servers}
+    try:
+        for round_number in range(1, args.rounds + 1):
+            for name in servers:
+                where = os.path.join(workdir, f"round{round_number}")
+                os.makedirs(where, exist_ok=True)
+                print(f"round {round_number}/{args.rounds}: {name} ...", end=" ", flush=True)
+                with contextlib.ExitStack() as stack:
+                    sink = stack.enter_context(Sink(where))
+                    server = stack.enter_context(start(name, where, sink.port, args))
+                    run = measure(server, sink, load, args)
+                    if not run.complete:
+                        run.errors.append("server log:\n" + server.log_tail())
+                runs[name].append(run)
+                print(f"{run.accepted} at the sink in {run.seconds:.2f} s = {run.rate:.1f} msgs/s"
+                      f" (all submitted after {run.submitted_after:.2f} s)")
+                for error in run.errors[:10]:
+                    print(f"    {error}")
+                if not args.keep:
+                    shutil.rmtree(where, ignore_errors=True)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    medians = {}
+    for name, items in runs.items():
+        good = [run.rate for run in items if run.complete]
+        medians[name] = statistics.median(good) if good and len(good) == len(items) else None
+    print()
+    for name in servers:
+        value = medians[name]
+        print(f"{name:<9} {value:8.1f} msgs/s (median of {args.rounds})" if value is not None
+              else f"{name:<9}   failed")
+    if medians.get("emailsvc") and medians.get("postfix"):
+        print(f"emailsvc / postfix: {medians['emailsvc'] / medians['postfix']:.2f}x")
+    arguments = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python benchmarks/outbound.py", *arguments])
+    if not args.no_readme:
+        harness.write_results("queue", "Latest queue figures", figures(args, runs, medians, command))
+        print(f"wrote {os.path.relpath(harness.README)}")
+    return 0 if all(value is not None for value in medians.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

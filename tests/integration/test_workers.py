@@ -1,0 +1,122 @@
+"""`server.workers`: the real twistd with worker processes serving the
+mail listeners."""
+import os
+import re
+import signal
+import smtplib
+import socket
+import ssl
+import time
+
+from imapclient import IMAPClient
+from twisted.trial import unittest
+
+from tests.integration.twistd import TwistdFixture, can_bind
+
+INSECURE = ssl._create_unverified_context()
+PASSWORD = "correct horse"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class WorkerTests(TwistdFixture, unittest.TestCase):
+    def workers_config(self):
+        config = self.write_config("[checks]\nenabled = []\n")
+        with open(config) as handle:
+            text = handle.read().replace("[server]\n", "[server]\nworkers = 2\nshutdown_timeout = 5\n", 1)
+        with open(config, "w") as handle:
+            handle.write(text)
+        return config
+
+    def start_with_workers(self):
+        config = self.workers_config()
+        self.admin(config, "domain", "add", "example.test")
+        self.admin(config, "user", "add", "alice@example.test", password=PASSWORD.encode() + b"\n")
+        process = self.start(config)
+        log = self.wait_for_log(process, "emailsvc started")
+        while len(pids := self.worker_pids(log)) < 2:
+            log += self.wait_for_log(process, "running (pid")
+        self.assertNotIn(process.pid, pids.values())
+        return process, pids
+
+    def test_a_pooled_port_in_use_stops_the_start(self):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", self.imap))
+            taken.listen()
+            process = self.start(self.workers_config())
+            self.assertEqual(process.wait(timeout=20), 1)
+            output = process.stdout.read().decode()
+        self.assertIn(f"emailsvc failed to start: listener imap: cannot listen on 127.0.0.1:{self.imap}"
+                      " (imap, tls starttls)", output)
+        self.assertNotIn("worker-1", output)
+        self.assertTrue(can_bind(self.smtp))
+
+    def worker_pids(self, log: str) -> dict[str, int]:
+        return {name: int(pid) for name, pid in re.findall(r"(worker-\d) running \(pid (\d+)\)", log)}
+
+    def send(self, subject: str):
+        with smtplib.SMTP("127.0.0.1", self.smtp, timeout=10) as client:
+            client.sendmail("bob@remote.example", ["alice@example.test"],
+                            f"Subject: {subject}\r\n\r\nhi\r\n".encode())
+
+    def login(self):
+        client = IMAPClient("127.0.0.1", port=self.imap, ssl=False, timeout=10)
+        client.starttls(INSECURE)
+        client.login("alice@example.test", PASSWORD)
+        return client
+
+    def test_idle_sessions_on_every_worker_see_a_delivery(self):
+        process, pids = self.start_with_workers()
+        # Six sessions: the kernel spreads them over both workers, and the
+        # delivery lands in one of them; every session must hear of it.
+        sessions = [self.login() for _ in range(6)]
+        for session in sessions:
+            session.select_folder("INBOX")
+            session.idle()
+        sent = time.monotonic()
+        self.send("across workers")
+        for session in sessions:
+            responses = session.idle_check(timeout=2)
+            self.assertIn((1, b"EXISTS"), responses)
+            session.idle_done()
+        self.assertLess(time.monotonic() - sent, 3)
+        for session in sessions:
+            self.assertEqual(session.search(["SUBJECT", "across workers"]), [1])
+            session.logout()
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(timeout=20), -signal.SIGTERM)
+        output = process.stdout.read().decode()
+        self.assertEqual(output.count("emailsvc stopped"), 3)  # the main process and both workers
+        self.assertNotIn("Traceback", output)
+        for pid in pids.values():
+            self.assertFalse(alive(pid))
+        self.assertTrue(can_bind(self.smtp))
+
+    def test_a_killed_worker_is_replaced(self):
+        process, pids = self.start_with_workers()
+        os.kill(pids["worker-1"], signal.SIGKILL)
+        log = self.wait_for_log(process, "worker-1 running (pid")
+        self.assertIn("worker-1 ended", log)
+        replaced = self.worker_pids(log)["worker-1"]
+        self.assertNotEqual(replaced, pids["worker-1"])
+        for number in range(6):
+            self.send(f"after the kill {number}")
+        client = self.login()
+        self.assertEqual(client.select_folder("INBOX")[b"EXISTS"], 6)
+        client.logout()
+
+    def test_workers_stop_when_the_main_process_dies(self):
+        process, pids = self.start_with_workers()
+        process.kill()
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(any(alive(pid) for pid in pids.values()))
+        self.assertTrue(can_bind(self.smtp))
