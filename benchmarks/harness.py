@@ -7,11 +7,14 @@ checkout.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,12 +127,7 @@ path = "{self.blobs}"
 max_connections = 1000
 max_connections_per_ip = {self.max_connections_per_ip}
 
-[listeners.mx]
-protocol = "smtp"
-address = "127.0.0.1"
-port = {self.port}
-tls = "none"
-
+{listener("mx", "smtp", self.port)}
 [dns]
 nameservers = {_toml_list(self.nameservers)}
 timeout = 1.0
@@ -179,6 +177,16 @@ attempts = 1
     def inbox_count(self) -> int:
         """Messages in the user's INBOX, read from the SQLite file (read-only)."""
         return inbox_count(self.database)
+
+
+def listener(name: str, protocol: str, port: int, tls: str = "none") -> str:
+    """The TOML table of a listener on 127.0.0.1."""
+    return f'''[listeners.{name}]
+protocol = "{protocol}"
+address = "127.0.0.1"
+port = {port}
+tls = "{tls}"
+'''
 
 
 def _toml_list(items) -> str:
@@ -259,3 +267,109 @@ def write_results(name: str, title: str, text: str) -> None:
     with open(README, "w", encoding="utf-8") as handle:
         handle.write(updated)
 
+
+class Run:
+    """One timed run of one server: `done` of `messages` in `seconds`."""
+
+    def __init__(self, server: str, messages: int):
+        self.server = server
+        self.messages = messages
+        self.done = 0
+        self.seconds = 0.0
+        self.errors: list[str] = []
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.messages and not self.errors
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+
+def summarize(runs: dict[str, list[Run]]) -> dict[str, float | None]:
+    """The median msgs/s of each server; None when one of its runs failed."""
+    medians = {}
+    for name, items in runs.items():
+        good = [run.rate for run in items if run.complete]
+        medians[name] = statistics.median(good) if good and len(good) == len(items) else None
+    return medians
+
+
+def run_rounds(servers, rounds: int, prefix: str, keep: bool, measure_one) -> dict[str, list[Run]]:
+    """`measure_one(name, where, round_number)` -> (Run, summary line) for
+    every server, rounds interleaved, each in its own directory under a
+    temporary one that is removed at the end unless `keep`."""
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    runs: dict[str, list[Run]] = {name: [] for name in servers}
+    try:
+        for round_number in range(1, rounds + 1):
+            for name in servers:
+                where = os.path.join(workdir, f"round{round_number}")
+                os.makedirs(where, exist_ok=True)
+                print(f"round {round_number}/{rounds}: {name} ...", end=" ", flush=True)
+                run, summary = measure_one(name, where, round_number)
+                runs[name].append(run)
+                print(summary)
+                for error in run.errors[:10]:
+                    print(f"    {error}")
+                # Each run writes its messages: do not let rounds fill the disk.
+                if not keep:
+                    shutil.rmtree(where, ignore_errors=True)
+    finally:
+        if keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return runs
+
+
+def report(runs: dict[str, list[Run]], rounds: int, peers, readme=None) -> int:
+    """Print the medians and emailsvc's ratio to each of `peers`; with
+    `readme` = (name, title, figures(medians) -> text), write them into
+    README.rst too.  @return: the exit status (1 when a run failed)."""
+    medians = summarize(runs)
+    print()
+    for name, value in medians.items():
+        print(f"{name:<9} {value:8.1f} msgs/s (median of {rounds})" if value is not None else f"{name:<9}   failed")
+    ours = medians.get("emailsvc")
+    for name in peers:
+        if ours and medians.get(name):
+            print(f"emailsvc / {name}: {ours / medians[name]:.2f}x")
+    if readme is not None:
+        name, title, figures = readme
+        write_results(name, title, figures(medians))
+        print(f"wrote {os.path.relpath(README)}")
+    return 0 if all(value is not None for value in medians.values()) else 1
+
+
+def common_arguments(parser, servers, messages: int, sessions: int) -> None:
+    """The options every message-rate benchmark takes."""
+    parser.add_argument("--messages", type=int, default=messages)
+    parser.add_argument("--sessions", type=int, default=sessions)
+    parser.add_argument("--size", type=int, default=5120, help="body bytes per message")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per server, interleaved; the median counts")
+    parser.add_argument("--servers", default=",".join(servers), help="comma-separated subset of " + ", ".join(servers))
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="emailsvc's server.workers (default: one per core; 0: a single process)")
+    parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.rst")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+
+
+def chosen_servers(parser, args, servers) -> list[str]:
+    """The --servers list, checked against `servers`."""
+    chosen = [name.strip() for name in args.servers.split(",") if name.strip()]
+    if not chosen or any(name not in servers for name in chosen):
+        parser.error(f"--servers takes names among {', '.join(servers)}")
+    return chosen
+
+
+def ratio_lines(medians: dict[str, float | None], peers) -> list[str]:
+    """README bullets: emailsvc's median over each peer's."""
+    ours = medians.get("emailsvc")
+    lines = []
+    for name in peers:
+        if name in medians:
+            lines.append(f"- emailsvc / {name}: **{ours / medians[name]:.2f}x**" if ours and medians[name]
+                         else f"- emailsvc / {name}: n/a (a run failed)")
+    return lines

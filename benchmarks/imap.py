@@ -193,13 +193,7 @@ class EmailsvcIMAP(harness.Emailsvc):
     def write_config(self):
         super().write_config()
         with open(self.config, "a", encoding="utf-8") as handle:
-            handle.write(f"""
-[listeners.imaps]
-protocol = "imap"
-address = "127.0.0.1"
-port = {self.imap_port}
-tls = "implicit"
-""")
+            handle.write("\n" + harness.listener("imaps", "imap", self.imap_port, "implicit"))
 
     def __enter__(self):
         super().__enter__()

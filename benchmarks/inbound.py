@@ -30,8 +30,6 @@ import datetime
 import importlib.util
 import os
 import re
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -273,27 +271,9 @@ class AiosmtpdServer:
 
 # -- one run ---------------------------------------------------------------------
 
-class Run:
-    def __init__(self, server: str, messages: int):
-        self.server = server
-        self.messages = messages
-        self.stored = 0
-        self.seconds = 0.0
-        self.source_seconds = 0.0
-        self.errors: list[str] = []
-
-    @property
-    def complete(self) -> bool:
-        return self.stored >= self.messages and not self.errors
-
-    @property
-    def rate(self) -> float:
-        return self.stored / self.seconds if self.seconds else 0.0
-
-
-def measure(server, args, log_path: str) -> Run:
+def measure(server, args, log_path: str) -> harness.Run:
     """Load `server` (started) with smtp-source and wait until every message is stored."""
-    run = Run(server.name, args.messages)
+    run = harness.Run(server.name, args.messages)
     before = server.count()
     command = [SMTP_SOURCE, "-l", str(args.size), "-m", str(args.messages), "-s", str(args.sessions),
                "-f", SENDER, "-t", harness.USER]
@@ -320,9 +300,9 @@ def measure(server, args, log_path: str) -> Run:
     target = before + args.messages
     done = harness.wait_until(lambda: server.count() >= target, args.settle_timeout if status == 0 else 5, 0.02)
     run.seconds = time.monotonic() - started
-    run.stored = server.count() - before
+    run.done = server.count() - before
     if not done:
-        run.errors.append(f"only {run.stored} of {args.messages} messages stored")
+        run.errors.append(f"only {run.done} of {args.messages} messages stored")
     return run
 
 
@@ -335,14 +315,6 @@ def start(name: str, workdir: str, profile: str | None = None, checks: bool = Fa
 
 
 # -- report ----------------------------------------------------------------------
-
-def summarize(runs: dict[str, list[Run]]) -> dict[str, float | None]:
-    medians = {}
-    for name, items in runs.items():
-        good = [run.rate for run in items if run.complete]
-        medians[name] = statistics.median(good) if good and len(good) == len(items) else None
-    return medians
-
 
 def figures(args, runs, medians, command: str) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -367,26 +339,13 @@ def figures(args, runs, medians, command: str) -> str:
                      else f"{name:<9}  {'failed':>10}  {each:<15}  {details[name]}")
     lines.append("=========  ==========  ===============  ==================================================")
     lines.append("")
-    ours = medians.get("emailsvc")
-    for name in ("postfix", "aiosmtpd"):
-        if name in medians:
-            if ours and medians[name]:
-                lines.append(f"- emailsvc / {name}: **{ours / medians[name]:.2f}x**")
-            else:
-                lines.append(f"- emailsvc / {name}: n/a (a run failed)")
+    lines += harness.ratio_lines(medians, ("postfix", "aiosmtpd"))
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--sessions", type=int, default=20)
-    parser.add_argument("--size", type=int, default=5120, help="body bytes per message (smtp-source -l)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per server, interleaved; the median counts")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of "
-                        + ", ".join(SERVERS))
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="emailsvc's server.workers (default: one per core; 0: a single process)")
+    harness.common_arguments(parser, SERVERS, messages=10_000, sessions=20)
     parser.add_argument("--reuse", action="store_true", help="several messages per connection (smtp-source -d)")
     parser.add_argument("--timeout", type=float, default=900, help="limit for one smtp-source run, seconds")
     parser.add_argument("--settle-timeout", type=float, default=300,
@@ -396,58 +355,29 @@ def main(argv=None) -> int:
     parser.add_argument("--checks", action="store_true",
                         help="run emailsvc's default inbound checks (SPF, DKIM, DMARC, rDNS) against a local"
                              " DNS stand-in that answers NXDOMAIN; the peers do no such checks")
-    parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.rst")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
-    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
-    if not servers or any(name not in SERVERS for name in servers):
-        parser.error(f"--servers takes names among {', '.join(SERVERS)}")
+    servers = harness.chosen_servers(parser, args, SERVERS)
     if not (1 <= args.messages <= 1_000_000 and 1 <= args.sessions <= 200 and 1 <= args.rounds <= 20
             and 100 <= args.size <= 10_000_000):
         parser.error("--messages 1..1000000, --sessions 1..200, --rounds 1..20, --size 100..10000000")
     ensure_peers()
-    workdir = tempfile.mkdtemp(prefix="emailsvc-inbound-")
-    runs: dict[str, list[Run]] = {name: [] for name in servers}
-    try:
-        for round_number in range(1, args.rounds + 1):
-            for name in servers:
-                where = os.path.join(workdir, f"round{round_number}")
-                os.makedirs(where, exist_ok=True)
-                profile = f"{args.profile}.{round_number}" if args.profile and name == "emailsvc" else None
-                print(f"round {round_number}/{args.rounds}: {name} ...", end=" ", flush=True)
-                with start(name, where, profile, args.checks, args.workers) as server:
-                    run = measure(server, args, os.path.join(where, f"{name}-smtp-source.log"))
-                    if not run.complete:
-                        run.errors.append("server log:\n" + server.log_tail())
-                runs[name].append(run)
-                print(f"{run.stored} stored in {run.seconds:.2f} s = {run.rate:.1f} msgs/s"
-                      f" (smtp-source done after {run.source_seconds:.2f} s)")
-                for error in run.errors[:10]:
-                    print(f"    {error}")
-                # Each run writes ~{messages} files; do not let rounds fill the disk.
-                if not args.keep:
-                    shutil.rmtree(where, ignore_errors=True)
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    medians = summarize(runs)
-    print()
-    for name in servers:
-        value = medians[name]
-        print(f"{name:<9} {value:8.1f} msgs/s (median of {args.rounds})" if value is not None
-              else f"{name:<9}   failed")
-    ours = medians.get("emailsvc")
-    for name in ("postfix", "aiosmtpd"):
-        if ours and medians.get(name):
-            print(f"emailsvc / {name}: {ours / medians[name]:.2f}x")
+
+    def measure_one(name, where, round_number):
+        profile = f"{args.profile}.{round_number}" if args.profile and name == "emailsvc" else None
+        with start(name, where, profile, args.checks, args.workers) as server:
+            run = measure(server, args, os.path.join(where, f"{name}-smtp-source.log"))
+            if not run.complete:
+                run.errors.append("server log:\n" + server.log_tail())
+        return run, (f"{run.done} stored in {run.seconds:.2f} s = {run.rate:.1f} msgs/s"
+                     f" (smtp-source done after {run.source_seconds:.2f} s)")
+
+    runs = harness.run_rounds(servers, args.rounds, "emailsvc-inbound-", args.keep, measure_one)
     arguments = sys.argv[1:] if argv is None else argv
     command = " ".join(["python benchmarks/inbound.py", *arguments])
+    readme = None
     if not args.no_readme and not args.profile and not args.checks:
-        harness.write_results("inbound", "Latest inbound figures", figures(args, runs, medians, command))
-        print(f"wrote {os.path.relpath(harness.README)}")
-    return 0 if all(value is not None for value in medians.values()) else 1
+        readme = ("inbound", "Latest inbound figures", lambda medians: figures(args, runs, medians, command))
+    return harness.report(runs, args.rounds, ("postfix", "aiosmtpd"), readme)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,8 @@ import re
 import shutil
 import smtplib
 import ssl
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -124,12 +122,7 @@ class QueueEmailsvc(harness.Emailsvc):
         super().write_config()
         with open(self.config, "a", encoding="utf-8") as handle:
             handle.write(f"""
-[listeners.submission]
-protocol = "submission"
-address = "127.0.0.1"
-port = {self.submission}
-tls = "starttls"
-
+{harness.listener("submission", "submission", self.submission, "starttls")}
 [queue]
 smarthost = "127.0.0.1"
 smarthost_port = {self.sink_port}
@@ -231,28 +224,11 @@ def messages(count: int, size: int) -> list[tuple[str, bytes]]:
     return made
 
 
-class Run:
-    def __init__(self, server: str, count: int):
-        self.server = server
-        self.messages = count
-        self.accepted = 0
-        self.seconds = 0.0
-        self.submitted_after = 0.0
-        self.errors: list[str] = []
-
-    @property
-    def complete(self) -> bool:
-        return self.accepted >= self.messages and not self.errors
-
-    @property
-    def rate(self) -> float:
-        return self.accepted / self.seconds if self.seconds else 0.0
-
-
-def measure(server, sink: Sink, load, args) -> Run:
+def measure(server, sink: Sink, load, args) -> harness.Run:
     """Submit `load` to `server` over `args.sessions` sessions; wait (bounded)
     until the sink has accepted all of it."""
-    run = Run(server.name, len(load))
+    run = harness.Run(server.name, len(load))
+    run.submitted_after = 0.0
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     deadline = time.monotonic() + args.timeout
@@ -286,9 +262,9 @@ def measure(server, sink: Sink, load, args) -> Run:
     done = harness.wait_until(lambda: sink.count() >= len(load),
                               max(deadline - time.monotonic(), 0) if not run.errors else 5, 0.02)
     run.seconds = time.monotonic() - started
-    run.accepted = sink.count()
+    run.done = sink.count()
     if not done:
-        run.errors.append(f"the sink accepted only {run.accepted} of {len(load)} messages")
+        run.errors.append(f"the sink accepted only {run.done} of {len(load)} messages")
     return run
 
 
@@ -323,80 +299,40 @@ def figures(args, runs, medians, command: str) -> str:
         value = f"{medians[name]:>10.1f}" if medians[name] is not None else f"{'failed':>10}"
         lines.append(f"{name:<9}  {value}  {each:<15}  {submitted:<14}  {details[name]}")
     lines += [rule, ""]
-    ours, theirs = medians.get("emailsvc"), medians.get("postfix")
-    if ours and theirs:
-        lines.append(f"- emailsvc / postfix: **{ours / theirs:.2f}x**")
-    elif "emailsvc" in medians and "postfix" in medians:
-        lines.append("- emailsvc / postfix: n/a (a run failed)")
+    lines += harness.ratio_lines(medians, ("postfix",))
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--sessions", type=int, default=10)
-    parser.add_argument("--size", type=int, default=5120, help="body bytes per message")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per server, interleaved; the median counts")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of "
-                        + ", ".join(SERVERS))
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="emailsvc's server.workers (default: one per core; 0: a single process)")
+    harness.common_arguments(parser, SERVERS, messages=2000, sessions=10)
     parser.add_argument("--timeout", type=float, default=600, help="limit for one run, seconds")
-    parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.rst")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
-    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
-    if not servers or any(name not in SERVERS for name in servers):
-        parser.error(f"--servers takes names among {', '.join(SERVERS)}")
+    servers = harness.chosen_servers(parser, args, SERVERS)
     if not (1 <= args.messages <= 200_000 and 1 <= args.sessions <= 100 and 1 <= args.rounds <= 20
             and 100 <= args.size <= 10_000_000 and 1 <= args.timeout <= 7200):
         parser.error("--messages 1..200000, --sessions 1..100, --rounds 1..20, --size 100..10000000,"
                      " --timeout 1..7200")
     ensure_peers()
     load = messages(args.messages, args.size)
-    workdir = tempfile.mkdtemp(prefix="emailsvc-queue-")
-    runs: dict[str, list[Run]] = {name: [] for name in servers}
-    try:
-        for round_number in range(1, args.rounds + 1):
-            for name in servers:
-                where = os.path.join(workdir, f"round{round_number}")
-                os.makedirs(where, exist_ok=True)
-                print(f"round {round_number}/{args.rounds}: {name} ...", end=" ", flush=True)
-                with contextlib.ExitStack() as stack:
-                    sink = stack.enter_context(Sink(where))
-                    server = stack.enter_context(start(name, where, sink.port, args))
-                    run = measure(server, sink, load, args)
-                    if not run.complete:
-                        run.errors.append("server log:\n" + server.log_tail())
-                runs[name].append(run)
-                print(f"{run.accepted} at the sink in {run.seconds:.2f} s = {run.rate:.1f} msgs/s"
-                      f" (all submitted after {run.submitted_after:.2f} s)")
-                for error in run.errors[:10]:
-                    print(f"    {error}")
-                if not args.keep:
-                    shutil.rmtree(where, ignore_errors=True)
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    medians = {}
-    for name, items in runs.items():
-        good = [run.rate for run in items if run.complete]
-        medians[name] = statistics.median(good) if good and len(good) == len(items) else None
-    print()
-    for name in servers:
-        value = medians[name]
-        print(f"{name:<9} {value:8.1f} msgs/s (median of {args.rounds})" if value is not None
-              else f"{name:<9}   failed")
-    if medians.get("emailsvc") and medians.get("postfix"):
-        print(f"emailsvc / postfix: {medians['emailsvc'] / medians['postfix']:.2f}x")
+
+    def measure_one(name, where, round_number):
+        with contextlib.ExitStack() as stack:
+            sink = stack.enter_context(Sink(where))
+            server = stack.enter_context(start(name, where, sink.port, args))
+            run = measure(server, sink, load, args)
+            if not run.complete:
+                run.errors.append("server log:\n" + server.log_tail())
+        return run, (f"{run.done} at the sink in {run.seconds:.2f} s = {run.rate:.1f} msgs/s"
+                     f" (all submitted after {run.submitted_after:.2f} s)")
+
+    runs = harness.run_rounds(servers, args.rounds, "emailsvc-queue-", args.keep, measure_one)
     arguments = sys.argv[1:] if argv is None else argv
     command = " ".join(["python benchmarks/outbound.py", *arguments])
+    readme = None
     if not args.no_readme:
-        harness.write_results("queue", "Latest queue figures", figures(args, runs, medians, command))
-        print(f"wrote {os.path.relpath(harness.README)}")
-    return 0 if all(value is not None for value in medians.values()) else 1
+        readme = ("queue", "Latest queue figures", lambda medians: figures(args, runs, medians, command))
+    return harness.report(runs, args.rounds, ("postfix",), readme)
 
 
 if __name__ == "__main__":
