@@ -49,6 +49,21 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(values, [2])
 
     @defer.inlineCallbacks
+    def test_a_job_alone_needs_no_savepoint_and_still_rolls_back(self):
+        statements = []
+        yield self.db.write(lambda c: c.set_trace_callback(statements.append))
+
+        def insert_then_fail(connection):
+            connection.execute("INSERT INTO t VALUES (7)")
+            raise ValueError("boom")
+
+        yield self.assertFailure(self.db.write(insert_then_fail), ValueError)
+        yield self.db.write(lambda c: c.execute("INSERT INTO t VALUES (8)"))
+        self.assertFalse([sql for sql in statements if "SAVEPOINT" in sql or "RELEASE" in sql])
+        values = yield self.db.read(lambda c: [r[0] for r in c.execute("SELECT v FROM t")])
+        self.assertEqual(values, [8])
+
+    @defer.inlineCallbacks
     def test_deltas_applied_once_and_recorded(self):
         recorded = yield self.db.read(
             lambda c: [r[0] for r in c.execute("SELECT number FROM schema_deltas ORDER BY number")])
