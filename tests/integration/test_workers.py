@@ -9,9 +9,11 @@ import ssl
 import time
 
 from imapclient import IMAPClient
+from twisted.internet import reactor, threads
 from twisted.trial import unittest
 
-from tests.integration.twistd import TwistdFixture, can_bind
+from tests.delivery.fakesmtp import FakeSMTPServer
+from tests.integration.twistd import TwistdFixture, can_bind, free_port
 
 INSECURE = ssl._create_unverified_context()
 PASSWORD = "correct horse"
@@ -26,16 +28,16 @@ def alive(pid: int) -> bool:
 
 
 class WorkerTests(TwistdFixture, unittest.TestCase):
-    def workers_config(self):
-        config = self.write_config("[checks]\nenabled = []\n")
+    def workers_config(self, extra=""):
+        config = self.write_config("[checks]\nenabled = []\n" + extra)
         with open(config) as handle:
             text = handle.read().replace("[server]\n", "[server]\nworkers = 2\nshutdown_timeout = 5\n", 1)
         with open(config, "w") as handle:
             handle.write(text)
         return config
 
-    def start_with_workers(self):
-        config = self.workers_config()
+    def start_with_workers(self, extra=""):
+        config = self.workers_config(extra)
         self.admin(config, "domain", "add", "example.test")
         self.admin(config, "user", "add", "alice@example.test", password=PASSWORD.encode() + b"\n")
         process = self.start(config)
@@ -120,3 +122,46 @@ class WorkerTests(TwistdFixture, unittest.TestCase):
             time.sleep(0.05)
         self.assertFalse(any(alive(pid) for pid in pids.values()))
         self.assertTrue(can_bind(self.smtp))
+
+    def test_mail_submitted_in_a_worker_wakes_the_queue_runner(self):
+        # The runner lives in the main process and scans every 10 minutes
+        # here: only the change feed can make it deliver at once.
+        sink = FakeSMTPServer(reactor)
+        sink.start()
+        self.addCleanup(sink.stop)
+        submission = free_port()
+        extra = f"""
+[queue]
+scan_interval = 600.0
+smarthost = "127.0.0.1"
+smarthost_port = {sink.port_number}
+tls = "none"
+[listeners.submission]
+protocol = "submission"
+port = {submission}
+tls = "starttls"
+"""
+
+        def scenario():
+            process, _ = self.start_with_workers(extra)
+            with smtplib.SMTP("127.0.0.1", submission, timeout=10) as client:
+                client.starttls(context=INSECURE)
+                client.login("alice@example.test", PASSWORD)
+                client.sendmail("alice@example.test", ["bob@remote.example"],
+                                b"From: alice@example.test\r\nSubject: relayed\r\n\r\nhi\r\n")
+            sent = time.monotonic()
+            while time.monotonic() - sent < 5:
+                if threads.blockingCallFromThread(reactor, lambda: len(sink.received)):
+                    return time.monotonic() - sent
+                time.sleep(0.05)
+            process.terminate()
+            self.fail("the queue runner did not deliver the submitted message within 5 s:\n"
+                      + process.communicate(timeout=20)[0].decode())
+
+        def delivered(seconds):
+            (message,) = sink.received
+            self.assertEqual(message.recipients, ["bob@remote.example"])
+            self.assertIn(b"Subject: relayed", message.message)
+            self.assertLess(seconds, 5)
+
+        return threads.deferToThread(scenario).addCallback(delivered)

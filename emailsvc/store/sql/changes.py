@@ -7,10 +7,11 @@ polls a few times a second: the highest MODSEQ of every mailbox one of its
 sessions watches (every change to a mailbox raises it; a deleted mailbox
 has no row), and the last id handed out to a queued message.
 
-A mailbox seen for the first time is published too: its session may have
+A mailbox seen for the first time is published too (its session may have
 read the mailbox just before a change the first poll cannot tell from the
-baseline.  A spurious publish costs a session one re-read; a missed one
-would leave an IDLE client waiting.
+baseline), and the first poll wakes the queue listeners (mail may have
+been queued before it).  A spurious publish costs one re-read or scan; a
+missed one would leave an IDLE client, or a message, waiting.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ class ChangeFeed:
             del self._versions[gone]
         if changed:
             self._notifier.publish(*changed)
-        if self._last_queued is not None and last_queued != self._last_queued:
+        if last_queued != self._last_queued:
             for listener in list(self.queue_listeners):
                 listener()
         self._last_queued = last_queued
