@@ -141,6 +141,8 @@ class DNSConfig:
     nameservers: list[str] = field(default_factory=list)
     timeout: float = field(default=3.0, metadata=_range(0.1, 60))
     attempts: int = field(default=2, metadata=_range(1, 10))
+    cache_ttl: float = field(default=300.0, metadata=_range(0, 86400))
+    cache_entries: int = field(default=10000, metadata=_range(1, 10_000_000))
 
 
 @dataclass(frozen=True)

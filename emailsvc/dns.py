@@ -73,12 +73,54 @@ def make_resolver(dns_config, reactor, config_path: str = "configuration"):
         raise ConfigError(config_path, problems)
     timeouts = (dns_config.timeout,) * dns_config.attempts
     if servers:
-        return client.Resolver(servers=servers, timeout=timeouts, reactor=reactor)
-    return client.Resolver(resolv="/etc/resolv.conf", timeout=timeouts, reactor=reactor)
+        resolver = client.Resolver(servers=servers, timeout=timeouts, reactor=reactor)
+    else:
+        resolver = client.Resolver(resolv="/etc/resolv.conf", timeout=timeouts, reactor=reactor)
+    if dns_config.cache_ttl:
+        return CachingResolver(resolver, reactor, dns_config.cache_ttl, dns_config.cache_entries)
+    return resolver
+
+
+class CachingResolver:
+    """`query()` answers from memory while an answer's TTL (at most
+    `max_ttl`) lasts, else asks `upstream` and keeps what it answered with
+    records, up to `max_entries` answers.
+
+    twisted.names.client.createResolver chains a CacheResolver that nothing
+    ever fills, so every lookup went to the network.  Entries expire when
+    read; a full cache first drops its expired entries, then keeps no more.
+    """
+
+    def __init__(self, upstream, clock, max_ttl: float, max_entries: int):
+        self.upstream = upstream
+        self._clock = clock
+        self._max_ttl = max_ttl
+        self._max_entries = max_entries
+        self._entries: dict[dns.Query, tuple[float, tuple]] = {}
+
+    def query(self, query, timeout=None):
+        entry = self._entries.get(query)
+        if entry is not None:
+            if entry[0] > self._clock.seconds():
+                return defer.succeed(entry[1])
+            del self._entries[query]
+        return self.upstream.query(query, timeout).addCallback(self._keep, query)
+
+    def _keep(self, result, query):
+        ttl = min((record.ttl for section in result for record in section), default=0)
+        ttl = min(ttl, self._max_ttl)
+        if ttl > 0:
+            now = self._clock.seconds()
+            if len(self._entries) >= self._max_entries:
+                self._entries = {key: entry for key, entry in self._entries.items() if entry[0] > now}
+            if len(self._entries) < self._max_entries:
+                self._entries[query] = (now + ttl, result)
+        return result
 
 
 def close_resolver(resolver) -> None:
     """Drop a resolver's open TCP connections and its resolv.conf re-read timer."""
+    resolver = getattr(resolver, "upstream", resolver)
     for protocol in list(getattr(resolver, "connections", ())):
         protocol.transport.loseConnection()
     call = getattr(resolver, "_parseCall", None)

@@ -1,6 +1,8 @@
 """emailsvc.dns: the resolver factory and lookup helpers, against a fake server."""
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.names import client
+from twisted.names import dns as dnsproto
 from twisted.trial import unittest
 
 from emailsvc import dns
@@ -27,10 +29,14 @@ class NameTests(unittest.TestCase):
     def test_make_resolver_uses_configured_servers_and_timeout(self):
         from twisted.internet import reactor
 
-        resolver = dns.make_resolver(DNSConfig(nameservers=["127.0.0.1:5353"], timeout=1.5, attempts=3), reactor)
+        resolver = dns.make_resolver(DNSConfig(nameservers=["127.0.0.1:5353"], timeout=1.5, attempts=3,
+                                               cache_ttl=0), reactor)
         self.assertIsInstance(resolver, client.Resolver)
         self.assertEqual(resolver.servers, [("127.0.0.1", 5353)])
         self.assertEqual(resolver.timeout, (1.5, 1.5, 1.5))
+        cached = dns.make_resolver(DNSConfig(nameservers=["127.0.0.1:5353"]), reactor)
+        self.assertIsInstance(cached, dns.CachingResolver)
+        self.assertIsInstance(cached.upstream, client.Resolver)
 
     def test_dns_name(self):
         self.assertEqual(dns.dns_name("_dmarc.Example.ORG."), "_dmarc.example.org")
@@ -106,6 +112,50 @@ class LookupTests(DNSTestCase, unittest.TestCase):
     def test_idn_is_queried_as_a_label(self):
         self.dns.a("xn--bcher-kva.de", "192.0.2.9")
         self.assertEqual((yield dns.lookup_a(self.resolver, "Bücher.de")), ["192.0.2.9"])
+
+
+class CacheTests(DNSTestCase, unittest.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.clock = Clock()
+        self.cached = dns.CachingResolver(self.resolver.upstream, self.clock, max_ttl=300, max_entries=2)
+
+    def asked(self, name):
+        return self.dns.queries.count((name, "A"))
+
+    @defer.inlineCallbacks
+    def test_answers_are_kept_for_their_ttl(self):
+        self.dns.authority.add("short.example", dnsproto.Record_A("192.0.2.1"), ttl=30)
+        for _ in range(3):
+            self.assertEqual((yield dns.lookup_a(self.cached, "short.example")), ["192.0.2.1"])
+        self.assertEqual(self.asked("short.example"), 1)
+        self.clock.advance(31)
+        yield dns.lookup_a(self.cached, "short.example")
+        self.assertEqual(self.asked("short.example"), 2)
+
+    @defer.inlineCallbacks
+    def test_ttl_is_capped_and_misses_are_not_kept(self):
+        self.dns.authority.add("long.example", dnsproto.Record_A("192.0.2.2"), ttl=86400)
+        yield dns.lookup_a(self.cached, "long.example")
+        self.clock.advance(301)
+        yield dns.lookup_a(self.cached, "long.example")
+        self.assertEqual(self.asked("long.example"), 2)
+        for _ in range(2):
+            self.assertEqual((yield dns.lookup_a(self.cached, "missing.example")), [])
+        self.assertEqual(self.asked("missing.example"), 2)
+
+    @defer.inlineCallbacks
+    def test_a_full_cache_drops_expired_entries_then_keeps_no_more(self):
+        for name, ttl in (("one.example", 10), ("two.example", 100), ("three.example", 100)):
+            self.dns.authority.add(name, dnsproto.Record_A("192.0.2.3"), ttl=ttl)
+        yield dns.lookup_a(self.cached, "one.example")
+        yield dns.lookup_a(self.cached, "two.example")
+        self.clock.advance(11)
+        yield dns.lookup_a(self.cached, "three.example")  # one.example expired: room
+        yield dns.lookup_a(self.cached, "one.example")  # full: asked, not kept
+        yield dns.lookup_a(self.cached, "one.example")
+        yield dns.lookup_a(self.cached, "three.example")
+        self.assertEqual([self.asked(name) for name in ("one.example", "two.example", "three.example")], [3, 1, 1])
 
 
 class TimeoutTests(DNSTestCase, unittest.TestCase):
