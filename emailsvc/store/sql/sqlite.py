@@ -149,23 +149,29 @@ class SQLiteDatabase:
                 return
 
     def _run_batch(self, connection, batch):
-        if len(batch) == 1:
-            return self._run_alone(connection, *batch[0])
+        # A job alone needs no savepoint: its failure rolls the transaction
+        # back.  (Each statement releases and retakes the GIL, which costs
+        # most under load.)
+        savepoints = len(batch) > 1
         outcomes = []
         try:
             connection.execute("BEGIN IMMEDIATE")
             for function, args, done in batch:
-                connection.execute("SAVEPOINT job")
+                if savepoints:
+                    connection.execute("SAVEPOINT job")
                 try:
                     result = function(connection, *args)
                 except BaseException:
-                    connection.execute("ROLLBACK TO job")
-                    connection.execute("RELEASE job")
                     outcomes.append((done, Failure()))
+                    if savepoints:
+                        connection.execute("ROLLBACK TO job")
+                        connection.execute("RELEASE job")
                 else:
-                    connection.execute("RELEASE job")
+                    if savepoints:
+                        connection.execute("RELEASE job")
                     outcomes.append((done, result))
-            connection.execute("COMMIT")
+            failed_alone = not savepoints and isinstance(outcomes[0][1], Failure)
+            connection.execute("ROLLBACK" if failed_alone else "COMMIT")
         except BaseException:
             failure = Failure()
             self.log.failure("SQLite transaction failed", failure)
@@ -174,26 +180,6 @@ class SQLiteDatabase:
             outcomes = [(done, failure) for _, _, done in batch]
         for done, outcome in outcomes:
             self._reactor.callFromThread(_fire, done, outcome)
-
-    def _run_alone(self, connection, function, args, done):
-        """One job needs no savepoint: its failure rolls the transaction
-        back.  (Every statement is a release and retake of the GIL, which
-        costs most under load.)"""
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                outcome = function(connection, *args)
-            except BaseException:
-                outcome = Failure()
-                connection.execute("ROLLBACK")
-            else:
-                connection.execute("COMMIT")
-        except BaseException:
-            outcome = Failure()
-            self.log.failure("SQLite transaction failed", outcome)
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-        self._reactor.callFromThread(_fire, done, outcome)
 
 
 @contextlib.contextmanager
