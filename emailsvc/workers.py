@@ -112,13 +112,13 @@ class WorkerProcess(protocol.ProcessProtocol):
             self._relay(fd, line)
 
     def _relay(self, fd, line: bytes):
-        text = line.decode("utf-8", "replace").strip("\x1e \r")
-        if not text:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if not text.strip():
             return
         event = None
         if fd == 1:
             try:
-                event = eventFromJSON(text)
+                event = eventFromJSON(text.lstrip("\x1e"))  # jsonFileLogObserver's record separator
             except ValueError:
                 pass
         if event is None:
@@ -137,7 +137,7 @@ class WorkerProcess(protocol.ProcessProtocol):
 
 
 class WorkerPool(AsyncService):
-    """Binds the pooled listeners, runs `count` workers and restarts them."""
+    """Binds the pooled listeners, runs `server.workers` workers and restarts them."""
 
     def __init__(self, reactor, config, listeners: dict):
         self.setName("workers")

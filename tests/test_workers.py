@@ -45,7 +45,7 @@ class WorkerProcessTests(unittest.TestCase):
         self.worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
         lines = [(event["line"], event["log_level"]) for event in self.events if "line" in event]
         self.assertEqual(lines, [("Traceback (most recent call last):", LogLevel.error),
-                                 ("not json", LogLevel.info), ("boom", LogLevel.error)])
+                                 ("not json", LogLevel.info), ("  boom", LogLevel.error)])
 
     def test_ready_fires_with_the_pid(self):
         self.worker.childDataReceived(3, b"ready\n")
