@@ -23,7 +23,7 @@ from emailsvc.smtp.submission import SubmissionFactory, SubmissionSession, submi
 from emailsvc.store.sql.queue import SQLQueueStore
 from tests.delivery.test_remote import start_fleet
 from tests.fakedns import DNSTestCase
-from tests.store.test_sqlite import open_embedded, stored_messages
+from tests.store.test_sqlite import open_embedded, stored_raw
 
 HOST = "mail.example.test"
 PASSWORD = "alice-secret-1"
@@ -82,10 +82,8 @@ class EndToEndTests(DNSTestCase, unittest.TestCase):
 
         return deferToThread(run)
 
-    @defer.inlineCallbacks
     def inbox(self, user):
-        messages = yield stored_messages(self.mail, self.blobs, user.id)
-        return [raw for _, _, raw in messages]
+        return stored_raw(self.mail, self.blobs, user.id)
 
     @defer.inlineCallbacks
     def statuses(self):

@@ -14,7 +14,7 @@ from emailsvc.delivery.remote import DELIVERED, PERMANENT, TEMPORARY, Attempt
 from emailsvc.errors import BlobNotFound
 from emailsvc.interfaces import IQueue
 from emailsvc.store.sql.queue import Outcome, SQLQueueStore
-from tests.store.test_sqlite import open_embedded, stored_messages
+from tests.store.test_sqlite import open_embedded, stored_raw
 
 MESSAGE = b"From: alice@example.test\r\nTo: x@remote.test\r\nSubject: hi\r\n\r\nbody\r\n"
 START = 1_800_000_000
@@ -63,10 +63,8 @@ class QueueFixture:
         return QueueRunner(self.store, self.blobs, remote or self.remote, self.bouncer, self.clock,
                            settings or self.settings, owner=owner)
 
-    @defer.inlineCallbacks
     def inbox(self, user):
-        messages = yield stored_messages(self.mail, self.blobs, user.id)
-        return [raw for _, _, raw in messages]
+        return stored_raw(self.mail, self.blobs, user.id)
 
     @defer.inlineCallbacks
     def statuses(self):

@@ -28,7 +28,7 @@ from emailsvc.smtp.server import SMTPServerFactory
 from emailsvc.smtp.session import MXSession
 from emailsvc.smtp.submission import RateLimiter, SubmissionFactory, SubmissionSession, submitter_factory
 from tests.fakedns import DNSTestCase
-from tests.store.test_sqlite import open_embedded, stored_messages
+from tests.store.test_sqlite import open_embedded, stored_messages, stored_raw
 
 HOST = "mail.example.test"
 ALICE_PW = "alice-secret-1"
@@ -129,10 +129,8 @@ class SubmissionFixture(DNSTestCase):
 
         return self.in_thread(run)
 
-    @defer.inlineCallbacks
     def inbox(self, user, name="INBOX"):
-        messages = yield stored_messages(self.mail, self.blobs, user.id, name)
-        return [raw for _, _, raw in messages]
+        return stored_raw(self.mail, self.blobs, user.id, name)
 
     @defer.inlineCallbacks
     def assertNothingDelivered(self):

@@ -33,6 +33,13 @@ def stored_messages(mail, blobs, user_id, name="INBOX"):
     return messages
 
 
+@defer.inlineCallbacks
+def stored_raw(mail, blobs, user_id, name="INBOX"):
+    """The raw bytes of every message in a user's mailbox, in UID order."""
+    messages = yield stored_messages(mail, blobs, user_id, name)
+    return [raw for _, _, raw in messages]
+
+
 class EmbeddedConformanceTests(StoreConformance, unittest.TestCase):
     def make_store(self):
         return open_embedded(self)
