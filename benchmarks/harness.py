@@ -34,17 +34,24 @@ def free_port() -> int:
     raise RuntimeError("no free high port on 127.0.0.1")
 
 
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(port: int, timeout: float, process=None) -> None:
     """Return once 127.0.0.1:`port` accepts connections; raise after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with status {process.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
+        if port_open(port):
+            return
+        time.sleep(0.05)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
@@ -193,32 +200,55 @@ def _toml_list(items) -> str:
     return "[" + ", ".join('"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items) + "]"
 
 
-class NXDomainDNS:
+class Helper:
+    """A program a benchmark runs beside the servers: started by `with`,
+    its output in `self.log`, waited for until it prints "ready" (a
+    subclass may wait for something else in `ready()`), stopped on the
+    way out, also when it fails to start."""
+
+    what = "helper"
+
+    def __init__(self, log: str):
+        self.log = log
+        self.process = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        return "ready" in tail(self.log)
+
+    def __enter__(self):
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        if not wait_until(lambda: self.process.poll() is not None or self.ready(), 30) \
+                or self.process.poll() is not None:
+            stop_process(self.process)
+            raise RuntimeError(f"{self.what} did not start:\n{tail(self.log)}")
+        return self
+
+    def __exit__(self, *exc_info):
+        stop_process(self.process)
+        return False
+
+
+class NXDomainDNS(Helper):
     """A DNS server on 127.0.0.1 that answers every question NXDOMAIN at once.
 
     Stands in for a local caching resolver when the checks run, so that
     their cost is measured without network timeouts.
     """
 
+    what = "the DNS stand-in"
+
     def __init__(self, workdir: str):
+        super().__init__(os.path.join(workdir, "dns.log"))
         self.port = free_port()
-        self.log = os.path.join(workdir, "dns.log")
-        self.process = None
 
-    def __enter__(self):
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "nxdomain_dns.py"),
-                 str(self.port)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        if not wait_until(lambda: "ready" in tail(self.log) or self.process.poll() is not None, 30, 0.05) \
-                or self.process.poll() is not None:
-            stop_process(self.process)
-            raise RuntimeError(f"the DNS stand-in did not start:\n{tail(self.log)}")
-        return self
-
-    def __exit__(self, *exc_info):
-        stop_process(self.process)
-        return False
+    def command(self):
+        return [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "nxdomain_dns.py"),
+                str(self.port)]
 
     @property
     def nameserver(self) -> str:

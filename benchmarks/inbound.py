@@ -228,39 +228,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
-class AiosmtpdServer:
+class AiosmtpdServer(harness.Helper):
     name = "aiosmtpd"
+    what = "aiosmtpd"
     detail = "Maildir handler, fsync file + directory in a thread pool before 250"
 
     def __init__(self, workdir):
         self.root = os.path.join(workdir, "aiosmtpd")
+        os.makedirs(self.root, exist_ok=True)
+        super().__init__(os.path.join(self.root, "server.log"))
         self.maildir = os.path.join(self.root, "Maildir")
         self.new = os.path.join(self.maildir, "new")
-        self.log = os.path.join(self.root, "server.log")
         self.port = harness.free_port()
-        self.process = None
 
-    def __enter__(self):
-        os.makedirs(self.root, exist_ok=True)
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, os.path.join(HERE, "maildir_aiosmtpd.py"), "--port", str(self.port),
-                 "--maildir", self.maildir],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            )
-        try:
-            if not harness.wait_until(lambda: "ready" in harness.tail(self.log) or self.process.poll() is not None,
-                                      30, 0.05) or self.process.poll() is not None:
-                raise RuntimeError(f"aiosmtpd did not start:\n{harness.tail(self.log)}")
-            harness.wait_for_port(self.port, 10, self.process)
-        except BaseException:
-            harness.stop_process(self.process)
-            raise
-        return self
+    def command(self):
+        return [sys.executable, os.path.join(HERE, "maildir_aiosmtpd.py"), "--port", str(self.port),
+                "--maildir", self.maildir]
 
-    def __exit__(self, *exc_info):
-        harness.stop_process(self.process)
-        return False
+    def ready(self):
+        return super().ready() and harness.port_open(self.port)
 
     def count(self) -> int:
         return count_files(self.new)

@@ -67,39 +67,31 @@ def ensure_peers() -> None:
 
 # -- the sink ----------------------------------------------------------------------
 
-class Sink:
+class Sink(harness.Helper):
     """Postfix's smtp-sink on 127.0.0.1: accepts everything, keeps nothing,
     and writes a running count (`mesg=N`) of the messages it accepted."""
 
+    what = "smtp-sink"
+
     def __init__(self, workdir: str):
+        super().__init__(os.path.join(workdir, "smtp-sink.out"))
         self.port = harness.free_port()
-        self.output = os.path.join(workdir, "smtp-sink.out")
-        self.process = None
 
-    def __enter__(self):
-        with open(self.output, "wb") as output:
-            # -c: running counters; -u: the user to run as (required as root);
-            # 256: the listen backlog.
-            command = [SMTP_SINK, "-c", "-h", "sink.bench.test", f"127.0.0.1:{self.port}", "256"]
-            if os.geteuid() == 0:
-                command[1:1] = ["-u", "nobody"]
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output,
-                                            stderr=subprocess.STDOUT)
-        try:
-            harness.wait_for_port(self.port, 10, self.process)
-        except BaseException:
-            harness.stop_process(self.process)
-            raise
-        return self
+    def command(self):
+        # -c: running counters; -u: the user to run as (required as root);
+        # 256: the listen backlog.
+        command = [SMTP_SINK, "-c", "-h", "sink.bench.test", f"127.0.0.1:{self.port}", "256"]
+        if os.geteuid() == 0:
+            command[1:1] = ["-u", "nobody"]
+        return command
 
-    def __exit__(self, *exc_info):
-        harness.stop_process(self.process)
-        return False
+    def ready(self):
+        return harness.port_open(self.port)
 
     def count(self) -> int:
         """Messages accepted so far (the counter updates at each final dot)."""
         try:
-            with open(self.output, "rb") as handle:
+            with open(self.log, "rb") as handle:
                 handle.seek(max(os.fstat(handle.fileno()).st_size - 200, 0))
                 found = re.findall(rb"mesg=(\d+)", handle.read())
         except OSError:
