@@ -305,7 +305,7 @@ def _submission(context, listener):
     from emailsvc.delivery.dkim_sign import DKIMSigner
     from emailsvc.delivery.mda import MDA
     from emailsvc.interfaces import ISubmitter
-    from emailsvc.smtp.submission import RateLimiter, SubmissionFactory, SubmissionSession, submitter_factory
+    from emailsvc.smtp.submission import SubmissionFactory, SubmissionSession, submitter_factory
 
     directory = context.store.metadata.directory
     mda = MDA(context.store.metadata.mail, context.store.blobs, context.reactor)
@@ -313,12 +313,8 @@ def _submission(context, listener):
     signer = DKIMSigner.from_config(context.config, context.reactor)
     realm = MailRealm({ISubmitter: submitter_factory(directory)})
     checker = DirectoryChecker(directory, context.throttle, context.reactor)
-    # One limiter for all submission listeners: 587 and 465 count together.
-    rate = getattr(context, "submission_rate", None)
-    if rate is None:
-        rate = context.submission_rate = RateLimiter(context.reactor, context.config.submission.max_messages_per_hour)
-
-    queue = context.queue.queue if getattr(context, "queue", None) is not None else None
+    rate = context.submission_rate
+    queue = context.queue.queue if context.queue is not None else None
 
     def session():
         return SubmissionSession(directory=directory, mda=mda, signer=signer, hostname=hostname,
@@ -365,12 +361,17 @@ PROTOCOLS = {
 
 class BuildContext:
     """What a protocol builder may use: config, reactor, store, checks, TLS,
-    the in-flight tracker and the login throttle shared by all protocols."""
+    the in-flight tracker, the outbound queue (or None), and what listeners
+    share: the login throttle of all protocols, the hourly limit of all
+    submission listeners (587 and 465 count together)."""
 
-    def __init__(self, config, reactor, store, checks, tls_context, inflight):
+    def __init__(self, config, reactor, store, checks, tls_context, inflight, queue):
         from emailsvc.cred.throttle import AuthThrottle
+        from emailsvc.smtp.submission import RateLimiter
 
         self.config = config
+        self.queue = queue
+        self.submission_rate = RateLimiter(reactor, config.submission.max_messages_per_hour)
         self.checks = checks
         self.throttle = AuthThrottle(reactor, config.auth.max_failures, config.auth.failure_window,
                                      config.auth.lockout)
@@ -410,12 +411,12 @@ def build(config, reactor, adopted: dict[str, int] | None = None) -> EmailServic
     if any(listener.protocol == "smtp" for listener in served.values()):
         checks = ChecksService(config, reactor)
         checks.setServiceParent(root)
-    context = BuildContext(config, reactor, store, checks, tls_context, root.inflight)
-    context.queue = None
+    queue = None
     if config.queue.enabled and hasattr(store.metadata, "db"):
-        context.queue = QueueService(config, reactor, store)
+        queue = QueueService(config, reactor, store)
         if not worker:  # workers only enqueue; the main process runs the queue
-            context.queue.setServiceParent(root)
+            queue.setServiceParent(root)
+    context = BuildContext(config, reactor, store, checks, tls_context, root.inflight, queue)
     for name, listener in served.items():
         factory = PROTOCOLS[listener.protocol](context, listener)
         if worker:
@@ -438,7 +439,7 @@ def build(config, reactor, adopted: dict[str, int] | None = None) -> EmailServic
         from emailsvc.store.sql.changes import POLL_INTERVAL, ChangeFeed
 
         feed = ChangeFeed(db, store.metadata.mail.notifier,
-                          context.queue.queue.listeners if context.queue else ())
+                          queue.queue.listeners if queue else ())
         PeriodicService("change-feed", POLL_INTERVAL, feed.poll, reactor).setServiceParent(root)
     return root
 
