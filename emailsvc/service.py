@@ -392,7 +392,7 @@ def build(config, reactor, adopted: dict[str, int] | None = None) -> EmailServic
 
     In a worker process (see emailsvc.workers) `adopted` maps the names of
     the listeners it serves to the listening sockets it inherited; a worker
-    runs no queue runner and no garbage collector.
+    runs no queue runner, no garbage collector and no search indexer.
     """
     from emailsvc.workers import AdoptedEndpoint, WorkerPool, pooled_listeners
 
@@ -427,6 +427,7 @@ def build(config, reactor, adopted: dict[str, int] | None = None) -> EmailServic
         ListenerService(name, endpoint, factory, describe(listener)).setServiceParent(root)
     if pooled and not worker:
         WorkerPool(reactor, config, pooled).setServiceParent(root)
+    db = getattr(store.metadata, "db", None)
     if not worker:
         PeriodicService(
             "garbage-collector",
@@ -434,7 +435,10 @@ def build(config, reactor, adopted: dict[str, int] | None = None) -> EmailServic
             lambda: store.metadata.mail.collect_garbage(store.blobs, config.store.orphan_grace),
             reactor,
         ).setServiceParent(root)
-    db = getattr(store.metadata, "db", None)
+        if getattr(db, "dialect", None) == "sqlite":
+            from emailsvc.store.sql.indexer import SearchIndexer
+
+            SearchIndexer(db, reactor).setServiceParent(root)
     if config.server.workers and getattr(db, "dialect", None) == "sqlite":
         from emailsvc.store.sql.changes import POLL_INTERVAL, ChangeFeed
 

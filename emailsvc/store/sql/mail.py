@@ -17,7 +17,7 @@ from emailsvc.errors import AlreadyExists, InvalidName, NotFound
 from emailsvc.interfaces import IMailStore
 from emailsvc.store.model import Content, Mailbox, MessageRecord
 from emailsvc.store.notify import Notifier
-from emailsvc.store.sql.search import INDEXED_HEADERS, compile_search, fold
+from emailsvc.store.sql.search import INDEXED_HEADERS, begin_search, compile_search
 
 DELIMITER = "/"
 INBOX = "INBOX"
@@ -615,7 +615,7 @@ class SQLMailStore:
             return defer.fail()
 
         def query(connection):
-            connection.create_function("imap_fold", 1, fold, deterministic=True)
+            begin_search(connection)
             uids, modseqs = array("I"), array("Q")
             for uid, modseq in _uid_pages(connection, "uid, modseq", sql, params):
                 uids.append(uid)
@@ -631,7 +631,7 @@ class SQLMailStore:
             return defer.fail()
 
         def query(connection):
-            connection.create_function("imap_fold", 1, fold, deterministic=True)
+            begin_search(connection)
             return [(row[0], row[1]) for row in connection.execute(sql, params)]
 
         return self._db.read(query)

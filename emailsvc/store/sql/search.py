@@ -17,6 +17,16 @@ A criteria tree is made of tuples, the same for every backend:
 Sort keys are (name, reverse) pairs, name one of SORT_KEYS.  Everything is
 compiled into one statement with bound parameters; nothing is evaluated in
 Python except `imap_fold`, the case folding registered on the connection.
+
+TEXT and BODY needles of 3 or more characters use the FTS5 trigram index
+in the search file (`search.contents_text`, see emailsvc.store.sql.sqlite),
+which the indexer (emailsvc.store.sql.indexer) fills behind delivery.  A
+content whose id is still in `search_pending` (inserted or deleted since
+it was last indexed) is not trusted to the index: its text is scanned, as
+it is for shorter needles, so results never lag behind delivery.  (Both
+fold case, the index one character at a time and the scan with full case
+folding: "STRASSE" finds "Straße" only while scanned.)  `begin_search`
+orders a reader's snapshots so that no content is missed in between.
 """
 from __future__ import annotations
 
@@ -49,6 +59,21 @@ _SORT_SQL = {
 def fold(text):
     """Case folding for substring matches (registered as imap_fold)."""
     return text.casefold() if isinstance(text, str) else text
+
+
+def begin_search(connection):
+    """Ready a reader's connection for a compiled search: the first thing in
+    its read transaction, before any statement that reads the search file.
+
+    The indexer commits a batch to the search file, then deletes its rows
+    from `search_pending` in the main file.  A reader thus takes its main
+    snapshot no later than its search snapshot: a content id no longer
+    pending in the first is indexed in the second.  (SQLite happens to open
+    a statement's databases main first; reading main in a statement of its
+    own does not depend on that.)
+    """
+    connection.create_function("imap_fold", 1, fold, deterministic=True)
+    connection.execute("SELECT 1 FROM main.search_pending LIMIT 1").fetchall()
 
 
 class _Compiler:
@@ -149,10 +174,15 @@ class _Compiler:
         if not value:
             return "1"
         self.content = True
-        if len(value) >= _FTS_MIN:
-            self.params.append('"' + value.replace('"', '""') + '"')
-            return "(c.id IN (SELECT rowid FROM contents_text WHERE contents_text MATCH ?))"
-        return self._contains("coalesce(json_extract(c.parsed, '$.text'), '')", value)
+        text = "coalesce(json_extract(c.parsed, '$.text'), '')"
+        if len(value) < _FTS_MIN:
+            return self._contains(text, value)
+        self.params.append('"' + value.replace('"', '""') + '"')
+        indexed = "c.id IN (SELECT rowid FROM search.contents_text WHERE contents_text MATCH ?)"
+        # Two IN terms on c.id under an OR let SQLite start from the index
+        # matches and the pending ids rather than from every message.
+        return (f"(({indexed} AND c.id NOT IN (SELECT content_id FROM search_pending))"
+                f" OR (c.id IN (SELECT content_id FROM search_pending) AND {self._contains(text, value)}))")
 
     def _contains(self, text, value) -> str:
         """`text` contains `value`, case-folded.  Printable ASCII text is folded by

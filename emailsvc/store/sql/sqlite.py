@@ -10,6 +10,13 @@ threads take turns on an exclusive flock(2) of `PATH-writer.lock` around
 each transaction: the next writer wakes as soon as the lock is free,
 where SQLite's busy handler would sleep and poll.  Other programs (the
 admin command) still just wait on SQLite's own lock.
+
+The search index (an FTS5 trigram table, `contents_text`) lives in a file
+of its own, `PATH-search`, which readers attach as `search`; only the
+indexer (emailsvc.store.sql.indexer) writes it, outside the writer thread.
+The writer's connection never attaches it: BEGIN IMMEDIATE takes the write
+lock of every attached database, so the writer and the indexer would each
+wait for the other's whole transaction.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ class SQLiteDatabase:
 
     def __init__(self, path: str, reactor, readers: int = 4):
         self.path = path
+        self.search_path = path + "-search"
         self._reactor = reactor
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -48,27 +56,56 @@ class SQLiteDatabase:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
 
-    def _connect(self) -> sqlite3.Connection:
+    def connect(self, search: bool = True) -> sqlite3.Connection:
+        """A new connection in autocommit mode, the search file attached as
+        `search` unless told otherwise; the caller closes it."""
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute("PRAGMA foreign_keys=ON")
         connection.execute("PRAGMA busy_timeout=10000")
+        if search:
+            connection.execute("ATTACH DATABASE ? AS search", (self.search_path,))
+            # The indexer deletes pending rows once its commit here is
+            # durable: a commit lost after that would miss search results.
+            connection.execute("PRAGMA search.synchronous=FULL")
+        return connection
+
+    def _connect(self, search: bool = True) -> sqlite3.Connection:
+        """`connect()`, closed by `stop()`."""
+        connection = self.connect(search)
         with self._lock:
             self._connections.append(connection)
         return connection
 
+    def _create_search(self, connection: sqlite3.Connection):
+        """Create the search file unless it exists (under the writer lock,
+        before any reader attaches it).  A new search file (the first one,
+        or one that was lost) has every content to index: they are logged
+        as pending first, so a crash in between only logs them again."""
+        search = sqlite3.connect(self.search_path, isolation_level=None)
+        try:
+            if search.execute("SELECT 1 FROM sqlite_master WHERE name = 'contents_text'").fetchone():
+                return
+            connection.execute("INSERT INTO search_pending (content_id) SELECT id FROM contents")
+            search.execute("PRAGMA journal_mode=WAL")
+            search.execute("CREATE VIRTUAL TABLE contents_text USING fts5(text, tokenize = 'trigram')")
+        finally:
+            search.close()
+
     def start(self) -> defer.Deferred:
-        """Open the database and apply pending schema deltas. @return: Deferred."""
+        """Open the database, apply pending schema deltas and create the
+        search file if needed. @return: Deferred."""
         ready = defer.Deferred()
 
         def run():
             lock = None
             try:
-                connection = self._connect()
+                connection = self._connect(search=False)
                 lock = os.open(self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 with _exclusive(lock):
                     apply_deltas(connection, self.dialect)
+                    self._create_search(connection)
             except BaseException:
                 failure = Failure()
                 if lock is not None:
