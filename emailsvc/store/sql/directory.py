@@ -145,7 +145,7 @@ class SQLDirectory:
                 ).fetchone()
             )
 
-        return self._db.read(query)
+        return self._db.read_now(query)
 
     def get_user_by_id(self, user_id):
         def query(connection):
@@ -153,7 +153,7 @@ class SQLDirectory:
                 connection.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()
             )
 
-        return self._db.read(query)
+        return self._db.read_now(query)
 
     @_deferred
     def list_users(self, domain=None):
@@ -195,7 +195,7 @@ class SQLDirectory:
                 f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE address = ?", (address,)
             ).fetchone()
 
-        row = (yield self._db.read(query)) if address else None
+        row = (yield self._db.read_now(query)) if address else None
         hashed = row[3] if row else _DUMMY_HASH
         ok = yield verify_later(hashed, password)
         if not (ok and row):
@@ -258,7 +258,7 @@ class SQLDirectory:
             local, domain = split_address(address)
         except InvalidName:
             return defer.succeed(Resolution())
-        return self._db.read(_resolve, f"{local}@{domain}", domain)
+        return self._db.read_now(_resolve, f"{local}@{domain}", domain)
 
     @staticmethod
     def _domain_id(connection, domain):

@@ -34,6 +34,7 @@ SYSTEM_FLAGS = {"\\seen": 1, "\\answered": 2, "\\flagged": 4, "\\deleted": 8, "\
 _FLAG_NAMES = {bit: "\\" + name[1:].capitalize() for name, bit in SYSTEM_FLAGS.items()}
 _DELETED = SYSTEM_FLAGS["\\deleted"]
 _MAX_NAME = 512
+_READ_NOW_KEYS = 500  # a page of IMAP FETCH: reads of no more run in the calling thread
 _MESSAGE_COLUMNS = "mailbox_id, uid, modseq, flags, keywords, internal_date, size, content_id"
 # The counts are kept on the row by triggers (delta 0006).
 _MAILBOX_COLUMNS = (
@@ -170,14 +171,14 @@ class SQLMailStore:
                 f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE user_id = ? ORDER BY name", (user_id,)
             )]
 
-        return self._db.read(query)
+        return self._db.read_now(query)
 
     def get_mailbox(self, user_id, name):
         try:
             name = normalize_mailbox_name(name)
         except InvalidName:
             return defer.succeed(None)
-        return self._db.read(self._find, user_id, name)
+        return self._db.read_now(self._find, user_id, name)
 
     def usage(self, user_id):
         def query(connection):
@@ -185,7 +186,7 @@ class SQLMailStore:
                 "SELECT coalesce(sum(total_size), 0) FROM mailboxes WHERE user_id = ?", (user_id,)
             ).fetchone()[0]
 
-        return self._db.read(query)
+        return self._db.read_now(query)
 
     def delivery_mailbox(self, user_id, special_use=None):
         def query(connection):
@@ -201,7 +202,7 @@ class SQLMailStore:
             ).fetchone()
             return row[0] if row else None
 
-        return self._db.read(query)
+        return self._db.read_now(query)
 
     def get_special_mailbox(self, user_id, special_use):
         def query(connection):
@@ -210,7 +211,7 @@ class SQLMailStore:
                 " ORDER BY id LIMIT 1", (user_id, special_use),
             ).fetchone())
 
-        return self._db.read(query)
+        return self._db.read_now(query)
 
     def create_mailbox(self, user_id, name, special_use=None):
         def create(connection):
@@ -337,6 +338,10 @@ class SQLMailStore:
 
     # Messages
 
+    def _reader(self, keys):
+        """`read_now` for a page of `keys` at most, else `read` (a thread)."""
+        return self._db.read_now if keys is not None and len(keys) <= _READ_NOW_KEYS else self._db.read
+
     def append(self, mailbox_id, content, flags=(), internal_date=None):
         records = self.deliver([(mailbox_id, flags)], content, internal_date)
         return records.addCallback(lambda result: result[0])
@@ -390,7 +395,7 @@ class SQLMailStore:
                 ))
             return records
 
-        return self._db.read(query)
+        return self._reader(uids)(query)
 
     def get_content(self, content_id):
         def query(connection):
@@ -401,7 +406,7 @@ class SQLMailStore:
                 return None
             return Content(id=row[0], blob_key=row[1], size=row[2], parsed=json.loads(row[3]))
 
-        return self._db.read(query)
+        return self._db.read_now(query)
 
     def store_flags(self, mailbox_id, uids, flags, mode, unchanged_since=None):
         if mode not in ("add", "remove", "replace"):
@@ -531,7 +536,7 @@ class SQLMailStore:
                 )]
             return _mailbox(row), records, expunged
 
-        return self._db.read(query)
+        return self._db.read_now(query)
 
     def get_parsed(self, content_ids, fields=()):
         fields = list(fields)
@@ -551,7 +556,7 @@ class SQLMailStore:
                     found[row[0]] = (row[1], values)
             return found
 
-        return self._db.read(query)
+        return self._reader(content_ids)(query)
 
     # Compact and paged reads, for mailboxes of any size (IMAP selected state)
 
@@ -606,7 +611,7 @@ class SQLMailStore:
                 return [(_record(row), None, {}) for row in rows if row[1] in wanted]
             return [(_record(row), row[8], dict(zip(fields, row[9:]))) for row in rows if row[1] in wanted]
 
-        return self._db.read(query)
+        return self._reader(uids)(query)
 
     def search_uids(self, mailbox_id, criteria):
         try:

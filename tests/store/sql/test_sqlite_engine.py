@@ -1,6 +1,7 @@
 """The SQLite engine: group commit, per-job isolation, schema deltas."""
 import os
 import sqlite3
+import threading
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -32,6 +33,29 @@ class EngineTests(unittest.TestCase):
         self.assertLess(len(commits) - before, 200)
         count = yield self.db.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0])
         self.assertEqual(count, 200)
+
+    @defer.inlineCallbacks
+    def test_read_now_runs_in_the_calling_thread_and_read_in_another(self):
+        yield self.db.write(lambda c: c.execute("INSERT INTO t VALUES (5)"))
+
+        def query(connection):
+            return threading.get_ident(), connection.execute("SELECT v FROM t").fetchall()
+
+        now = self.db.read_now(query)
+        self.assertEqual(self.successResultOf(now), (threading.get_ident(), [(5,)]))
+        thread, rows = yield self.db.read(query)
+        self.assertNotEqual(thread, threading.get_ident())
+        self.assertEqual(rows, [(5,)])
+
+    def test_read_now_fails_its_deferred_and_ends_its_transaction(self):
+        def broken(connection):
+            connection.execute("SELECT v FROM t")
+            raise ValueError("boom")
+
+        self.failureResultOf(self.db.read_now(broken), ValueError)
+        # A transaction left open would make the next BEGIN fail.
+        self.assertEqual(self.successResultOf(self.db.read_now(
+            lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0])), 0)
 
     @defer.inlineCallbacks
     def test_failing_job_rolls_back_alone(self):
