@@ -5,6 +5,10 @@ SAVEPOINT, and every job that queued while the previous COMMIT was being
 synced joins the next transaction, so N concurrent deliveries cost one
 fsync rather than N.  A failing job rolls back only its own savepoint.
 
+Reads bounded by a few rows or a page run at once in the calling thread
+(`read_now`), on that thread's own connection; reads whose cost grows with
+a mailbox (search, every UID of a mailbox) go to the reader pool (`read`).
+
 Several processes (server.workers) may write to one file.  Their writer
 threads take turns on an exclusive flock(2) of `PATH-writer.lock` around
 each transaction: the next writer wakes as soon as the lock is free,
