@@ -31,6 +31,7 @@ from emailsvc.interfaces import IBlobStore
 _SYNCFS_FILESYSTEMS = frozenset({"ext4", "ext3", "xfs", "btrfs", "f2fs"})
 # Before 5.8, syncfs(2) returned 0 even when writeback failed.
 _SYNCFS_MIN_KERNEL = (5, 8)
+_READ_NOW_BYTES = 256 * 1024
 
 
 @dataclass
@@ -195,6 +196,11 @@ class FilesystemBlobStore:
     # Reading and collecting
 
     def get(self, key, offset=0, length=None):
+        """Read in a thread, except up to `_READ_NOW_BYTES`, which are read at
+        once: from the page cache that costs less than the hand-off to a
+        thread and back (an IMAP FETCH of a typical message body)."""
+        if length is not None and length <= _READ_NOW_BYTES:
+            return defer.maybeDeferred(self._get, key, offset, length)
         return self._run(self._get, key, offset, length)
 
     def _get(self, key, offset, length) -> bytes:

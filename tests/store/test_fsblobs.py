@@ -3,6 +3,7 @@ import os
 from unittest import mock
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
+from emailsvc.errors import BlobNotFound
 from emailsvc.store import fsblobs
 from emailsvc.store.fsblobs import FilesystemBlobStore
 from emailsvc.store.sql.backend import SQLiteBackend
@@ -97,3 +98,18 @@ class Batching(unittest.TestCase):
         self.assertFalse(d.called)
         yield stopped
         self.assertTrue(d.called)
+
+
+class Reading(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_small_ranges_are_read_at_once_large_ones_in_a_thread(self):
+        blobs = FilesystemBlobStore(self.mktemp(), reactor)
+        yield blobs.start()
+        data = os.urandom(fsblobs._READ_NOW_BYTES + 10)
+        key = yield blobs.put(data)
+        self.assertEqual(self.successResultOf(blobs.get(key, 5, 100)), data[5:105])
+        self.failureResultOf(blobs.get("0" * 32, 0, 10), BlobNotFound)
+        whole = blobs.get(key)
+        self.assertNoResult(whole)
+        self.assertEqual((yield whole), data)
+        self.assertEqual((yield blobs.get(key, 0, len(data))), data)
