@@ -35,6 +35,7 @@ _FLAG_NAMES = {bit: "\\" + name[1:].capitalize() for name, bit in SYSTEM_FLAGS.i
 _DELETED = SYSTEM_FLAGS["\\deleted"]
 _MAX_NAME = 512
 _READ_NOW_KEYS = 500  # a page of IMAP FETCH: reads of no more run in the calling thread
+_IN_THREAD = object()
 _MESSAGE_COLUMNS = "mailbox_id, uid, modseq, flags, keywords, internal_date, size, content_id"
 # The counts are kept on the row by triggers (delta 0006).
 _MAILBOX_COLUMNS = (
@@ -627,7 +628,7 @@ class SQLMailStore:
                 modseqs.append(modseq)
             return uids, modseqs
 
-        return self._db.read(query)
+        return self._by_mailbox_size(mailbox_id, query)
 
     def search(self, mailbox_id, criteria, sort=None):
         try:
@@ -639,7 +640,17 @@ class SQLMailStore:
             begin_search(connection)
             return [(row[0], row[1]) for row in connection.execute(sql, params)]
 
-        return self._db.read(query)
+        return self._by_mailbox_size(mailbox_id, query)
+
+    def _by_mailbox_size(self, mailbox_id, query):
+        """Run `query` at once for a mailbox of a page of messages at most,
+        else in a reader thread."""
+        def small(connection):
+            row = connection.execute("SELECT message_count FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            return query(connection) if row and row[0] <= _READ_NOW_KEYS else _IN_THREAD
+
+        return self._db.read_now(small).addCallback(
+            lambda result: self._db.read(query) if result is _IN_THREAD else result)
 
     def record_feedback(self, user_id, content_ids, verdict):
         if verdict not in ("spam", "ham"):

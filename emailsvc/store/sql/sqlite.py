@@ -7,7 +7,8 @@ fsync rather than N.  A failing job rolls back only its own savepoint.
 
 Reads bounded by a few rows or a page run at once in the calling thread
 (`read_now`), on that thread's own connection; reads whose cost grows with
-a mailbox (search, every UID of a mailbox) go to the reader pool (`read`).
+a mailbox (search of a large mailbox, every UID of a mailbox) go to the
+reader pool (`read`).
 
 Several processes (server.workers) may write to one file.  Their writer
 threads take turns on an exclusive flock(2) of `PATH-writer.lock` around
@@ -146,8 +147,8 @@ class SQLiteDatabase:
 
     def read(self, function, *args) -> defer.Deferred:
         """Run `function(connection, *args)` in a reader thread, for reads
-        whose cost grows with a mailbox or a table (search, every UID of a
-        mailbox, listings). @return: Deferred."""
+        whose cost grows with a mailbox or a table (search of a large
+        mailbox, every UID of a mailbox, listings). @return: Deferred."""
         return deferToThreadPool(self._reactor, self._pool, self._read, function, args)
 
     def read_now(self, function, *args) -> defer.Deferred:

@@ -15,6 +15,7 @@ from emailsvc.store.model import Content
 from emailsvc.store.parse import parse_message
 from emailsvc.store.sql import deltas as deltas_module
 from emailsvc.store.sql import indexer as indexer_module
+from emailsvc.store.sql import mail as mail_module
 from emailsvc.store.sql.backend import SQLiteBackend
 from emailsvc.store.sql.indexer import BATCH, SearchIndexer
 
@@ -68,6 +69,21 @@ class SearchIndexTests(unittest.TestCase):
         key = yield self.blobs.put(raw)
         record = yield self.mail.append(self.inbox.id, Content(key, len(raw), parse_message(raw)))
         return record
+
+    @defer.inlineCallbacks
+    def test_small_mailboxes_are_searched_at_once_larger_in_a_thread(self):
+        self.patch(mail_module, "_READ_NOW_KEYS", 2)
+        for raw in MESSAGES[:2]:
+            yield self.deliver(raw)
+        small = self.mail.search(self.inbox.id, ("text", "quarterly"))
+        self.assertEqual([uid for uid, _ in self.successResultOf(small)], [1, 2])
+        yield self.deliver(MESSAGES[2])
+        large = self.mail.search(self.inbox.id, ("text", "quarterly"))
+        self.assertNoResult(large)
+        self.assertEqual([uid for uid, _ in (yield large)], [1, 2])
+        uids = self.mail.search_uids(self.inbox.id, ("text", "quarterly"))
+        self.assertNoResult(uids)
+        self.assertEqual(list((yield uids)[0]), [1, 2])
 
     @defer.inlineCallbacks
     def results(self):
@@ -261,3 +277,4 @@ class WiringTests(unittest.TestCase):
         self.assertLess(names.index("store"), names.index("search-indexer"))
         worker = build(self.config(), reactor, adopted={})
         self.assertNotIn("search-indexer", [child.name for child in worker])
+
