@@ -578,7 +578,7 @@ class SQLMailStore:
                     keywords.setdefault(keyword.lower(), keyword)
             return _mailbox(row), uids, first_unseen, sorted(keywords.values())
 
-        return self._db.read(query)
+        return self._by_mailbox_size(mailbox_id, query)
 
     def message_page(self, mailbox_id, uids, fields=None):
         uids = sorted(set(uids))

@@ -71,13 +71,17 @@ class SearchIndexTests(unittest.TestCase):
         return record
 
     @defer.inlineCallbacks
-    def test_small_mailboxes_are_searched_at_once_larger_in_a_thread(self):
+    def test_small_mailboxes_are_searched_and_indexed_at_once_larger_in_a_thread(self):
         self.patch(mail_module, "_READ_NOW_KEYS", 2)
         for raw in MESSAGES[:2]:
             yield self.deliver(raw)
         small = self.mail.search(self.inbox.id, ("text", "quarterly"))
         self.assertEqual([uid for uid, _ in self.successResultOf(small)], [1, 2])
+        self.assertEqual(list(self.successResultOf(self.mail.mailbox_index(self.inbox.id))[1]), [1, 2])
         yield self.deliver(MESSAGES[2])
+        index = self.mail.mailbox_index(self.inbox.id)
+        self.assertNoResult(index)
+        self.assertEqual(list((yield index)[1]), [1, 2, 3])
         large = self.mail.search(self.inbox.id, ("text", "quarterly"))
         self.assertNoResult(large)
         self.assertEqual([uid for uid, _ in (yield large)], [1, 2])
