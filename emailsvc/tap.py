@@ -22,6 +22,8 @@ def makeService(options):
     """Build the root service from the loaded configuration."""
     from twisted.internet import reactor
 
-    from emailsvc.service import build
+    from emailsvc.service import build, freeze_startup_objects
 
-    return build(options.loaded, reactor)
+    root = build(options.loaded, reactor)
+    freeze_startup_objects()
+    return root

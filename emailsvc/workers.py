@@ -270,13 +270,14 @@ def main(argv=None):
     from twisted.internet import reactor
 
     from emailsvc.config import load
-    from emailsvc.service import build
+    from emailsvc.service import build, freeze_startup_objects
 
     path, adopted = _parse(argv)
     out = _BatchedLog(reactor)
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out)], redirectStandardIO=False)
     root = build(load(path), reactor, adopted=adopted)
     _Ready().setServiceParent(root)
+    freeze_startup_objects()
     parent = os.getppid()
 
     def stop():

@@ -1,9 +1,11 @@
 """The root service: ordered async start, failure handling, clean stop."""
+import gc
+
 from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from emailsvc.service import AsyncService, EmailService, InFlight, ListenerService, StartError
+from emailsvc.service import AsyncService, EmailService, InFlight, ListenerService, StartError, freeze_startup_objects
 
 
 class Recorder(AsyncService):
@@ -91,3 +93,12 @@ class ListenerTests(unittest.TestCase):
         failure = self.failureResultOf(listener.start(), StartError)
         self.assertEqual(str(failure.value),
                          "listener mx: cannot listen on 127.0.0.1:25 (smtp, tls starttls): Address already in use")
+
+
+class FreezeTests(unittest.SynchronousTestCase):
+    def test_objects_alive_at_start_up_leave_the_collector(self):
+        self.addCleanup(gc.unfreeze)
+        before = len(gc.get_objects())
+        freeze_startup_objects()
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertLess(len(gc.get_objects()), before)
