@@ -10,14 +10,14 @@ pool is process-wide, so it also bounds how many logins hash at once.
 """
 from __future__ import annotations
 
-import os
-import sys
 import threading
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
+
+from emailsvc.niceness import lower_this_thread
 
 THREADS = 2
 NICENESS = 5
@@ -77,9 +77,7 @@ def _stop():
 
 
 def _lower_priority_then(function, *args):
-    if sys.platform.startswith("linux") and not getattr(_lowered, "done", False):
-        # Niceness is per thread on Linux; PRIO_PROCESS with a thread id sets it.
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + NICENESS)
+    if not getattr(_lowered, "done", False):
+        lower_this_thread(NICENESS)
         _lowered.done = True
     return function(*args)

@@ -25,14 +25,14 @@ process (the main one) runs it.
 """
 from __future__ import annotations
 
-import os
-import sys
 import threading
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
+
+from emailsvc.niceness import lower_this_thread
 
 BATCH = 64
 POLL_INTERVAL = 1.0
@@ -96,10 +96,7 @@ class SearchIndexer(Service):
         return waiter
 
     def _run(self, connection):
-        if sys.platform.startswith("linux"):
-            # Niceness is per thread on Linux; PRIO_PROCESS with a thread id sets it.
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + NICENESS)
+        lower_this_thread(NICENESS)
         try:
             while not self._stopping:
                 self._wake.clear()
