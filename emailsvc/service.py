@@ -442,6 +442,7 @@ def build(config, reactor, adopted: dict[str, int] | None = None) -> EmailServic
     if pooled and not worker:
         WorkerPool(reactor, config, pooled).setServiceParent(root)
     db = getattr(store.metadata, "db", None)
+    sqlite = getattr(db, "dialect", None) == "sqlite"
     if not worker:
         PeriodicService(
             "garbage-collector",
@@ -449,11 +450,11 @@ def build(config, reactor, adopted: dict[str, int] | None = None) -> EmailServic
             lambda: store.metadata.mail.collect_garbage(store.blobs, config.store.orphan_grace),
             reactor,
         ).setServiceParent(root)
-        if getattr(db, "dialect", None) == "sqlite":
+        if sqlite:
             from emailsvc.store.sql.indexer import SearchIndexer
 
             SearchIndexer(db, reactor).setServiceParent(root)
-    if config.server.workers and getattr(db, "dialect", None) == "sqlite":
+    if config.server.workers and sqlite:
         from emailsvc.store.sql.changes import POLL_INTERVAL, ChangeFeed
 
         feed = ChangeFeed(db, store.metadata.mail.notifier,

@@ -5,7 +5,7 @@ sockets of the mail protocols (smtp, submission, imap, pop3) itself and
 starts N copies of the service (`python -m emailsvc.workers`) that adopt
 those sockets and accept on them; the kernel hands each connection to one
 of them.  The main process keeps the schema, the queue runner, the garbage
-collector and the web and metrics listeners.  All processes open the same
+collector, the search indexer and the web and metrics listeners.  All processes open the same
 store, and `emailsvc.store.sql.changes` carries changes between them (IMAP
 IDLE, the queue runner's wake-up).
 
