@@ -21,6 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 USER = "alice@example.test"
 DOMAIN = "example.test"
+PASSWORD = "bench-password"
 
 
 def free_port() -> int:
@@ -77,6 +78,32 @@ def stop_process(process, timeout: float = 30.0) -> None:
         process.wait(10)
 
 
+def apt_install(who: str, packages, selections: str | None = None) -> None:
+    """`apt-get install -y packages` (after `apt-get update` when the first
+    attempt fails), with `selections` fed to debconf-set-selections first;
+    exits when this is not root."""
+    if os.geteuid() != 0:
+        sys.exit(f"{who}: {', '.join(packages)} not installed and this is not root; "
+                 f"run `apt-get install -y {' '.join(packages)}` first")
+    if selections:
+        subprocess.run(["debconf-set-selections"], input=selections, text=True, check=False, timeout=60)
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+    install = [*apt, "install", "-y", *packages]
+    if subprocess.run(install, env=environment, timeout=900).returncode:
+        subprocess.run([*apt, "update"], env=environment, timeout=900, check=True)
+        subprocess.run(install, env=environment, timeout=900, check=True)
+
+
+def self_signed(directory: str, cn: str) -> tuple[str, str]:
+    """A fresh self-signed certificate for `cn`: (cert.pem, key.pem) in `directory`."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", f"/CN={cn}", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True, timeout=120)
+    return cert, key
+
+
 def tail(path: str, lines: int = 20) -> str:
     try:
         with open(path, "rb") as handle:
@@ -88,14 +115,17 @@ def tail(path: str, lines: int = 20) -> str:
 class Emailsvc:
     """A real `twistd -n emailsvc` on a generated config under `workdir`.
 
-    Use as a context manager: the domain and user are created with the
-    `emailsvc` admin command, the service is started and waited for, and it
-    is stopped (SIGTERM, then SIGKILL) on the way out, also on error.
+    Use as a context manager: the domain and `users` (all with PASSWORD) are
+    created with the `emailsvc` admin command, the service is started and
+    waited for, and it is stopped (SIGTERM, then SIGKILL) on the way out,
+    also on error.  It has one listener on `self.port`: `protocol` with
+    `tls` (the SMTP MX listener by default); a subclass may add sections to
+    the config in `extra_config()`.
     """
 
     def __init__(self, workdir: str, *, max_connections_per_ip: int = 20, profile: str | None = None,
-                 password: str = "bench-password", checks: list[str] | None = (),
-                 nameservers: list[str] | None = None, workers: int = 0):
+                 checks: list[str] | None = (), nameservers: list[str] | None = None, workers: int = 0,
+                 protocol: str = "smtp", tls: str = "none", users=(USER,)):
         self.workdir = os.path.abspath(workdir)
         self.data = os.path.join(self.workdir, "var")
         self.database = os.path.join(self.data, "emailsvc.sqlite3")
@@ -103,7 +133,8 @@ class Emailsvc:
         self.config = os.path.join(self.workdir, "emailsvc.toml")
         self.log = os.path.join(self.workdir, "twistd.log")
         self.port = free_port()
-        self.password = password
+        self.protocol, self.tls = protocol, tls
+        self.users = list(users)
         self.profile = profile
         self.process = None
         self.max_connections_per_ip = max_connections_per_ip
@@ -134,7 +165,7 @@ path = "{self.blobs}"
 max_connections = 1000
 max_connections_per_ip = {self.max_connections_per_ip}
 
-{listener("mx", "smtp", self.port)}
+{listener("mx" if self.protocol == "smtp" else self.protocol, self.protocol, self.port, self.tls)}
 [dns]
 nameservers = {_toml_list(self.nameservers)}
 timeout = 1.0
@@ -142,6 +173,11 @@ attempts = 1
 """)
             if self.checks is not None:
                 handle.write(f"\n[checks]\nenabled = {_toml_list(self.checks)}\n")
+            handle.write(self.extra_config())
+
+    def extra_config(self) -> str:
+        """TOML appended to the config (nothing here)."""
+        return ""
 
     def admin(self, *args: str, stdin: str | None = None) -> None:
         command = [os.path.join(BIN, "emailsvc"), "--config", self.config, *args]
@@ -158,7 +194,8 @@ attempts = 1
     def __enter__(self):
         self.write_config()
         self.admin("domain", "add", DOMAIN)
-        self.admin("user", "add", USER, stdin=self.password + "\n")
+        for user in self.users:
+            self.admin("user", "add", user, stdin=PASSWORD + "\n")
         command = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", f"--logfile={self.log}"]
         if self.profile:
             command += [f"--profile={self.profile}", "--profiler=cprofile", "--savestats"]
@@ -184,6 +221,9 @@ attempts = 1
     def inbox_count(self) -> int:
         """Messages in the user's INBOX, read from the SQLite file (read-only)."""
         return inbox_count(self.database)
+
+    def log_tail(self) -> str:
+        return tail(self.log)
 
 
 def listener(name: str, protocol: str, port: int, tls: str = "none") -> str:
@@ -218,7 +258,11 @@ class Helper:
     def ready(self) -> bool:
         return "ready" in tail(self.log)
 
+    def log_tail(self) -> str:
+        return tail(self.log)
+
     def __enter__(self):
+        os.makedirs(os.path.dirname(os.path.abspath(self.log)), exist_ok=True)
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT)
@@ -299,13 +343,15 @@ def write_results(name: str, title: str, text: str) -> None:
 
 
 class Run:
-    """One timed run of one server: `done` of `messages` in `seconds`."""
+    """One timed run of `server` (its `detail` kept): `done` of `messages` in
+    `seconds`, the load generator done after `load_seconds`."""
 
-    def __init__(self, server: str, messages: int):
-        self.server = server
+    def __init__(self, server, messages: int):
+        self.detail = server.detail
         self.messages = messages
         self.done = 0
         self.seconds = 0.0
+        self.load_seconds = 0.0
         self.errors: list[str] = []
 
     @property
@@ -315,6 +361,11 @@ class Run:
     @property
     def rate(self) -> float:
         return self.done / self.seconds if self.seconds else 0.0
+
+    def summary(self, counted: str, loaded: str) -> str:
+        """The line printed after the run, e.g. summary("stored", "smtp-source done")."""
+        return (f"{self.done} {counted} in {self.seconds:.2f} s = {self.rate:.1f} msgs/s"
+                f" ({loaded} after {self.load_seconds:.2f} s)")
 
 
 def summarize(runs: dict[str, list[Run]]) -> dict[str, float | None]:
@@ -362,10 +413,9 @@ def report(runs: dict[str, list[Run]], rounds: int, peers, readme=None) -> int:
     print()
     for name, value in medians.items():
         print(f"{name:<9} {value:8.1f} msgs/s (median of {rounds})" if value is not None else f"{name:<9}   failed")
-    ours = medians.get("emailsvc")
-    for name in peers:
-        if ours and medians.get(name):
-            print(f"emailsvc / {name}: {ours / medians[name]:.2f}x")
+    for name, ratio in ratios(medians, peers):
+        if ratio is not None:
+            print(f"emailsvc / {name}: {ratio:.2f}x")
     if readme is not None:
         name, title, figures = readme
         write_results(name, title, figures(medians))
@@ -380,10 +430,20 @@ def common_arguments(parser, servers, messages: int, sessions: int) -> None:
     parser.add_argument("--size", type=int, default=5120, help="body bytes per message")
     parser.add_argument("--rounds", type=int, default=3, help="runs per server, interleaved; the median counts")
     parser.add_argument("--servers", default=",".join(servers), help="comma-separated subset of " + ", ".join(servers))
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="emailsvc's server.workers (default: one per core; 0: a single process)")
+    workers_argument(parser)
     parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.rst")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+
+
+def workers_argument(parser) -> None:
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="emailsvc's server.workers (default: one per core; 0: a single process)")
+
+
+def command_line(script: str, argv=None) -> str:
+    """How `script` was run, for the README: `python benchmarks/NAME.py ARGS`."""
+    arguments = sys.argv[1:] if argv is None else argv
+    return " ".join([f"python benchmarks/{os.path.basename(script)}", *arguments])
 
 
 def chosen_servers(parser, args, servers) -> list[str]:
@@ -394,12 +454,14 @@ def chosen_servers(parser, args, servers) -> list[str]:
     return chosen
 
 
+def ratios(medians: dict[str, float | None], peers) -> list[tuple[str, float | None]]:
+    """(peer, emailsvc's median / the peer's) for each peer that ran; None when a run failed."""
+    ours = medians.get("emailsvc")
+    return [(name, ours / medians[name] if ours and medians[name] else None)
+            for name in peers if name in medians]
+
+
 def ratio_lines(medians: dict[str, float | None], peers) -> list[str]:
     """README bullets: emailsvc's median over each peer's."""
-    ours = medians.get("emailsvc")
-    lines = []
-    for name in peers:
-        if name in medians:
-            lines.append(f"- emailsvc / {name}: **{ours / medians[name]:.2f}x**" if ours and medians[name]
-                         else f"- emailsvc / {name}: n/a (a run failed)")
-    return lines
+    return [f"- emailsvc / {name}: **{ratio:.2f}x**" if ratio is not None
+            else f"- emailsvc / {name}: n/a (a run failed)" for name, ratio in ratios(medians, peers)]

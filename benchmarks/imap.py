@@ -49,7 +49,6 @@ import imap_load  # noqa: E402
 
 DOVECOT = "/usr/sbin/dovecot"
 DOVEADM = "/usr/bin/doveadm"
-PASSWORD = "bench-password"
 MAIL_UID = 65534    # nobody: Dovecot's mail processes run as this user
 ORDER = ("CONNECT+LOGIN", "LOGIN", "SELECT", "FETCH FLAGS", "FETCH ENVELOPE", "FETCH BODY", "STORE", "SEARCH",
          "APPEND", "EXPUNGE", "IDLE", "NOOP", "LOGOUT")
@@ -62,24 +61,8 @@ def users(count: int) -> list[str]:
 # -- Dovecot ---------------------------------------------------------------------
 
 def ensure_dovecot() -> None:
-    if os.path.exists(DOVECOT) and os.path.exists("/usr/lib/dovecot/imap"):
-        return
-    if os.geteuid() != 0:
-        sys.exit("imap: Dovecot is not installed and this is not root; run `apt-get install -y dovecot-imapd`")
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "dovecot-imapd"]
-    if subprocess.run(install, env=environment, timeout=900).returncode:
-        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], env=environment, timeout=900,
-                       check=True)
-        subprocess.run(install, env=environment, timeout=900, check=True)
-
-
-def self_signed(directory: str) -> tuple[str, str]:
-    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
-                   check=True, capture_output=True, timeout=120)
-    return cert, key
+    if not (os.path.exists(DOVECOT) and os.path.exists("/usr/lib/dovecot/imap")):
+        harness.apt_install("imap", ("dovecot-imapd",))
 
 
 class Dovecot:
@@ -97,11 +80,11 @@ class Dovecot:
         for sub in ("run", "state", "home"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
         os.chmod(self.root, 0o755)
-        cert, key = self_signed(self.root)
+        cert, key = harness.self_signed(self.root, "localhost")
         passwd = os.path.join(self.root, "passwd")
         with open(passwd, "w", encoding="utf-8") as handle:
             for user in self.users:
-                hashed = subprocess.run([DOVEADM, "-c", "/dev/null", "pw", "-s", "ARGON2ID", "-p", PASSWORD],
+                hashed = subprocess.run([DOVEADM, "-c", "/dev/null", "pw", "-s", "ARGON2ID", "-p", harness.PASSWORD],
                                         check=True, capture_output=True, text=True, timeout=60).stdout.strip()
                 if not hashed.startswith("{ARGON2ID}"):
                     raise RuntimeError(f"doveadm pw gave {hashed!r}")
@@ -179,37 +162,19 @@ service anvil {{
 # -- emailsvc --------------------------------------------------------------------
 
 class EmailsvcIMAP(harness.Emailsvc):
-    """harness.Emailsvc with an implicit-TLS IMAP listener."""
+    """harness.Emailsvc with an implicit-TLS IMAP listener and `user_names`."""
 
     name = "emailsvc"
 
     def __init__(self, workdir, user_names, profile=None, workers=0):
-        super().__init__(os.path.join(workdir, "emailsvc"), profile=profile, password=PASSWORD, workers=workers)
-        self.users = user_names
-        self.imap_port = harness.free_port()
+        super().__init__(os.path.join(workdir, "emailsvc"), profile=profile, workers=workers,
+                         protocol="imap", tls="implicit", users=user_names)
         self.detail = (f"twistd, {workers} worker processes (server.workers), embedded store (SQLite WAL + files),"
                        f" ARGON2ID (m=64M t=3 p=4), implicit TLS")
 
-    def write_config(self):
-        super().write_config()
-        with open(self.config, "a", encoding="utf-8") as handle:
-            handle.write("\n" + harness.listener("imaps", "imap", self.imap_port, "implicit"))
-
-    def __enter__(self):
-        super().__enter__()
-        try:
-            for user in self.users:
-                if user != harness.USER:
-                    self.admin("user", "add", user, stdin=PASSWORD + "\n")
-            harness.wait_for_port(self.imap_port, 10, self.process)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
     @property
     def address(self):
-        return ("127.0.0.1", self.imap_port)
+        return ("127.0.0.1", self.port)
 
 
 # -- the run ---------------------------------------------------------------------
@@ -217,7 +182,7 @@ class EmailsvcIMAP(harness.Emailsvc):
 def populate(address, user_names, messages):
     started = time.monotonic()
     with multiprocessing.Pool(min(4, len(user_names))) as pool:
-        octets = pool.starmap(imap_load.populate, [(address, user, PASSWORD, messages, index)
+        octets = pool.starmap(imap_load.populate, [(address, user, harness.PASSWORD, messages, index)
                                                    for index, user in enumerate(user_names)])
     return sum(octets), time.monotonic() - started
 
@@ -226,7 +191,7 @@ def drive(address, user_names, options):
     started = time.monotonic()
     with multiprocessing.Pool(options.processes) as pool:
         results = pool.starmap(imap_load.run_process, [
-            (address, user_names, PASSWORD, index + 1, options.threads, options.commands, options.seconds,
+            (address, user_names, harness.PASSWORD, index + 1, options.threads, options.commands, options.seconds,
              options.max_sessions, options.messages) for index in range(options.processes)])
     elapsed = time.monotonic() - started
     latencies, errors, examples = {}, 0, []
@@ -304,8 +269,7 @@ def main():
     parser.add_argument("--commands", type=int, default=200, help="per session, after LOGIN and SELECT")
     parser.add_argument("--max-sessions", type=int, default=10 ** 6, help="per thread")
     parser.add_argument("--only", choices=("emailsvc", "dovecot"), help="drive one server (no README)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="emailsvc's server.workers (default: one per core; 0: a single process)")
+    harness.workers_argument(parser)
     parser.add_argument("--profile", help="run emailsvc's main process under cProfile, stats to this file"
                         " (it serves IMAP only with --workers 0)")
     parser.add_argument("--no-readme", action="store_true")

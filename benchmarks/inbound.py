@@ -47,6 +47,9 @@ POSTFIX = "/usr/sbin/postfix"
 SENDER = "sender@remote.test"
 VMAIL_UID = 65534  # nobody: virtual(8) refuses uids below virtual_minimum_uid (100)
 SERVERS = ("emailsvc", "postfix", "aiosmtpd")
+# "No configuration": the package must not set up (or start) a system
+# instance on port 25; the benchmarks run their own instances.
+POSTFIX_SELECTIONS = "postfix postfix/main_mailer_type select No configuration\n"
 
 
 # -- peers -----------------------------------------------------------------------
@@ -54,19 +57,7 @@ SERVERS = ("emailsvc", "postfix", "aiosmtpd")
 def ensure_peers() -> None:
     """Install Postfix (for smtp-source and the Postfix baseline) and aiosmtpd if missing."""
     if not (os.path.exists(SMTP_SOURCE) and os.path.exists(POSTFIX)):
-        if os.geteuid() != 0:
-            sys.exit("inbound: Postfix is not installed and this is not root; run "
-                     "`apt-get install -y postfix` first")
-        # "No configuration": the package must not set up (or start) a system
-        # instance on port 25; this benchmark runs its own instance.
-        subprocess.run(["debconf-set-selections"], input="postfix postfix/main_mailer_type select No configuration\n",
-                       text=True, check=False, timeout=60)
-        environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "postfix"]
-        if subprocess.run(install, env=environment, timeout=900).returncode:
-            subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], env=environment,
-                           timeout=900, check=True)
-            subprocess.run(install, env=environment, timeout=900, check=True)
+        harness.apt_install("inbound", ("postfix",), POSTFIX_SELECTIONS)
         if not os.path.exists(SMTP_SOURCE):
             sys.exit(f"inbound: {SMTP_SOURCE} is missing after installing postfix")
     if importlib.util.find_spec("aiosmtpd") is None:
@@ -121,7 +112,7 @@ class EmailsvcServer:
         return self.server.inbox_count()
 
     def log_tail(self) -> str:
-        return harness.tail(self.server.log)
+        return self.server.log_tail()
 
 
 class PostfixServer:
@@ -137,7 +128,6 @@ class PostfixServer:
         self.new = os.path.join(self.vmail, "example.test", "alice", "new")
         self.log = os.path.join(self.root, "maillog")
         self.port = harness.free_port()
-        self.started = False
 
     def _write_config(self):
         for path in (self.etc, self.queue, self.data, self.vmail):
@@ -188,7 +178,6 @@ maillog_file_prefixes = {self.root}
         self._postfix("set-permissions", check=False)
         try:
             self._postfix("start")
-            self.started = True
             harness.wait_for_port(self.port, 30)
         except BaseException:
             self.__exit__()
@@ -209,7 +198,6 @@ maillog_file_prefixes = {self.root}
             self._postfix("abort", check=False)
             if not harness.wait_until(lambda: not _alive(pid), 10, 0.1):
                 os.kill(pid, 9)
-        self.started = False
         return False
 
     def count(self) -> int:
@@ -235,7 +223,6 @@ class AiosmtpdServer(harness.Helper):
 
     def __init__(self, workdir):
         self.root = os.path.join(workdir, "aiosmtpd")
-        os.makedirs(self.root, exist_ok=True)
         super().__init__(os.path.join(self.root, "server.log"))
         self.maildir = os.path.join(self.root, "Maildir")
         self.new = os.path.join(self.maildir, "new")
@@ -251,15 +238,12 @@ class AiosmtpdServer(harness.Helper):
     def count(self) -> int:
         return count_files(self.new)
 
-    def log_tail(self) -> str:
-        return harness.tail(self.log)
-
 
 # -- one run ---------------------------------------------------------------------
 
 def measure(server, args, log_path: str) -> harness.Run:
     """Load `server` (started) with smtp-source and wait until every message is stored."""
-    run = harness.Run(server.name, args.messages)
+    run = harness.Run(server, args.messages)
     before = server.count()
     command = [SMTP_SOURCE, "-l", str(args.size), "-m", str(args.messages), "-s", str(args.sessions),
                "-f", SENDER, "-t", harness.USER]
@@ -275,7 +259,7 @@ def measure(server, args, log_path: str) -> harness.Run:
             source.kill()
             source.wait(10)
             status = None
-        run.source_seconds = time.monotonic() - started
+        run.load_seconds = time.monotonic() - started
     if status is None:
         run.errors.append(f"smtp-source did not finish within {args.timeout:.0f} s")
     elif status:
@@ -317,12 +301,11 @@ def figures(args, runs, medians, command: str) -> str:
         "server     msgs/s      rounds (msgs/s)  how",
         "=========  ==========  ===============  ==================================================",
     ]
-    details = {"emailsvc": EmailsvcServer("", workers=args.workers).detail, "postfix": PostfixServer.detail, "aiosmtpd": AiosmtpdServer.detail}
     for name, items in runs.items():
         median = medians[name]
         each = " ".join(f"{run.rate:.0f}" if run.complete else "fail" for run in items)
-        lines.append(f"{name:<9}  {median:>10.1f}  {each:<15}  {details[name]}" if median is not None
-                     else f"{name:<9}  {'failed':>10}  {each:<15}  {details[name]}")
+        lines.append(f"{name:<9}  {median:>10.1f}  {each:<15}  {items[0].detail}" if median is not None
+                     else f"{name:<9}  {'failed':>10}  {each:<15}  {items[0].detail}")
     lines.append("=========  ==========  ===============  ==================================================")
     lines.append("")
     lines += harness.ratio_lines(medians, ("postfix", "aiosmtpd"))
@@ -354,12 +337,10 @@ def main(argv=None) -> int:
             run = measure(server, args, os.path.join(where, f"{name}-smtp-source.log"))
             if not run.complete:
                 run.errors.append("server log:\n" + server.log_tail())
-        return run, (f"{run.done} stored in {run.seconds:.2f} s = {run.rate:.1f} msgs/s"
-                     f" (smtp-source done after {run.source_seconds:.2f} s)")
+        return run, run.summary("stored", "smtp-source done")
 
     runs = harness.run_rounds(servers, args.rounds, "emailsvc-inbound-", args.keep, measure_one)
-    arguments = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python benchmarks/inbound.py", *arguments])
+    command = harness.command_line(__file__, argv)
     readme = None
     if not args.no_readme and not args.profile and not args.checks:
         readme = ("inbound", "Latest inbound figures", lambda medians: figures(args, runs, medians, command))

@@ -49,20 +49,9 @@ DOMAINS = 10
 
 
 def ensure_peers() -> None:
-    """Postfix (with smtp-sink) and Cyrus SASL's saslpasswd2, installed when missing."""
-    inbound.ensure_peers()
-    missing = [path for path in (SMTP_SINK, SASLPASSWD2, "/usr/bin/openssl") if not os.path.exists(path)]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        sys.exit(f"queue: {', '.join(missing)} missing and this is not root; "
-                 "run `apt-get install -y postfix sasl2-bin openssl` first")
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "postfix", "sasl2-bin", "openssl"]
-    if subprocess.run(install, env=environment, timeout=900).returncode:
-        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], env=environment, timeout=900,
-                       check=True)
-        subprocess.run(install, env=environment, timeout=900, check=True)
+    """Postfix (with smtp-sink), Cyrus SASL's saslpasswd2 and openssl, installed when missing."""
+    if not all(os.path.exists(path) for path in (inbound.POSTFIX, SMTP_SINK, SASLPASSWD2, "/usr/bin/openssl")):
+        harness.apt_install("outbound", ("postfix", "sasl2-bin", "openssl"), inbound.POSTFIX_SELECTIONS)
 
 
 # -- the sink ----------------------------------------------------------------------
@@ -101,52 +90,26 @@ class Sink(harness.Helper):
 
 # -- the servers -------------------------------------------------------------------
 
-class QueueEmailsvc(harness.Emailsvc):
-    """harness.Emailsvc with a submission listener and its queue relaying
-    everything to the sink."""
+class EmailsvcRelay(harness.Emailsvc):
+    """harness.Emailsvc with a submission listener (STARTTLS) and its queue
+    relaying everything to the sink."""
+
+    name = "emailsvc"
 
     def __init__(self, workdir: str, sink_port: int, workers: int):
-        super().__init__(workdir, max_connections_per_ip=1000, workers=workers)
-        self.submission = harness.free_port()
+        super().__init__(os.path.join(workdir, "emailsvc"), max_connections_per_ip=1000, workers=workers,
+                         protocol="submission", tls="starttls")
         self.sink_port = sink_port
+        self.detail = (f"twistd, embedded store, {workers} worker process(es); submission (STARTTLS,"
+                       " AUTH PLAIN, argon2id) -> outbound queue -> queue.smarthost, defaults otherwise")
 
-    def write_config(self) -> None:
-        super().write_config()
-        with open(self.config, "a", encoding="utf-8") as handle:
-            handle.write(f"""
-{harness.listener("submission", "submission", self.submission, "starttls")}
+    def extra_config(self) -> str:
+        return f"""
 [queue]
 smarthost = "127.0.0.1"
 smarthost_port = {self.sink_port}
 tls = "none"
-""")
-
-
-class EmailsvcRelay:
-    name = "emailsvc"
-
-    def __init__(self, workdir: str, sink_port: int, workers: int):
-        self.server = QueueEmailsvc(os.path.join(workdir, "emailsvc"), sink_port, workers)
-        self.detail = (f"twistd, embedded store, {workers} worker process(es); submission (STARTTLS,"
-                       " AUTH PLAIN, argon2id) -> outbound queue -> queue.smarthost, defaults otherwise")
-        self.password = self.server.password
-
-    def __enter__(self):
-        os.makedirs(self.server.workdir, exist_ok=True)
-        self.server.__enter__()
-        try:
-            harness.wait_for_port(self.server.submission, 10, self.server.process)
-        except BaseException:
-            self.server.__exit__()
-            raise
-        self.port = self.server.submission
-        return self
-
-    def __exit__(self, *exc_info):
-        return self.server.__exit__(*exc_info)
-
-    def log_tail(self) -> str:
-        return harness.tail(self.server.log)
+"""
 
 
 class PostfixRelay(inbound.PostfixServer):
@@ -157,7 +120,6 @@ class PostfixRelay(inbound.PostfixServer):
     name = "postfix"
     detail = ("throwaway instance; smtpd (STARTTLS required, AUTH PLAIN via Cyrus sasldb) -> queue ->"
               " relayhost, defaults otherwise")
-    password = "bench-password"
 
     def __init__(self, workdir: str, sink_port: int):
         super().__init__(workdir)
@@ -165,15 +127,12 @@ class PostfixRelay(inbound.PostfixServer):
 
     def _write_config(self):
         super()._write_config()
-        cert, key = os.path.join(self.etc, "cert.pem"), os.path.join(self.etc, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=postfix.bench.test", "-keyout", key, "-out", cert],
-                       capture_output=True, timeout=120, check=True)
+        cert, key = harness.self_signed(self.etc, "postfix.bench.test")
         sasl = os.path.join(self.etc, "sasl")
         os.makedirs(sasl, exist_ok=True)
         sasldb = os.path.join(self.etc, "sasldb2")
         subprocess.run([SASLPASSWD2, "-f", sasldb, "-p", "-c", "-u", harness.DOMAIN,
-                        harness.USER.split("@")[0]], input=self.password, text=True, capture_output=True,
+                        harness.USER.split("@")[0]], input=harness.PASSWORD, text=True, capture_output=True,
                        timeout=60, check=True)
         shutil.chown(sasldb, "postfix", "postfix")
         with open(os.path.join(sasl, "smtpd.conf"), "w", encoding="ascii") as handle:
@@ -197,9 +156,6 @@ cyrus_sasl_config_path = {sasl}
 smtp_tls_security_level = none
 """)
 
-    def count(self) -> int:  # delivery is counted at the sink
-        return 0
-
 
 # -- the load ----------------------------------------------------------------------
 
@@ -219,18 +175,16 @@ def messages(count: int, size: int) -> list[tuple[str, bytes]]:
 def measure(server, sink: Sink, load, args) -> harness.Run:
     """Submit `load` to `server` over `args.sessions` sessions; wait (bounded)
     until the sink has accepted all of it."""
-    run = harness.Run(server.name, len(load))
-    run.submitted_after = 0.0
+    run = harness.Run(server, len(load))
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     deadline = time.monotonic() + args.timeout
-    lock = threading.Lock()
 
     def session(share):
         try:
             with smtplib.SMTP("127.0.0.1", server.port, "load.bench.test", timeout=120) as client:
                 client.starttls(context=context)
-                client.login(harness.USER, server.password)
+                client.login(harness.USER, harness.PASSWORD)
                 for recipient, message in share:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"submission still running after {args.timeout:.0f} s")
@@ -238,8 +192,8 @@ def measure(server, sink: Sink, load, args) -> harness.Run:
                     if refused:
                         raise smtplib.SMTPRecipientsRefused(refused)
         except Exception as problem:  # noqa: BLE001 - reported, the run fails
-            with lock:
-                run.errors.append(f"session: {type(problem).__name__}: {problem}")
+            # list.append is atomic (GIL): no lock needed between the sessions.
+            run.errors.append(f"session: {type(problem).__name__}: {problem}")
 
     sessions = [threading.Thread(target=session, args=(load[index::args.sessions],), daemon=True)
                 for index in range(args.sessions)]
@@ -248,7 +202,7 @@ def measure(server, sink: Sink, load, args) -> harness.Run:
         thread.start()
     for thread in sessions:
         thread.join(max(deadline - time.monotonic(), 0.1))
-    run.submitted_after = time.monotonic() - started
+    run.load_seconds = time.monotonic() - started
     if any(thread.is_alive() for thread in sessions):
         run.errors.append(f"sessions still running after {args.timeout:.0f} s")
     done = harness.wait_until(lambda: sink.count() >= len(load),
@@ -284,12 +238,11 @@ def figures(args, runs, medians, command: str) -> str:
         "server     msgs/s      rounds (msgs/s)  submitted (s)   how",
         rule,
     ]
-    details = {"emailsvc": EmailsvcRelay("", 0, args.workers).detail, "postfix": PostfixRelay.detail}
     for name, items in runs.items():
         each = " ".join(f"{run.rate:.0f}" if run.complete else "fail" for run in items)
-        submitted = " ".join(f"{run.submitted_after:.1f}" for run in items)
+        submitted = " ".join(f"{run.load_seconds:.1f}" for run in items)
         value = f"{medians[name]:>10.1f}" if medians[name] is not None else f"{'failed':>10}"
-        lines.append(f"{name:<9}  {value}  {each:<15}  {submitted:<14}  {details[name]}")
+        lines.append(f"{name:<9}  {value}  {each:<15}  {submitted:<14}  {items[0].detail}")
     lines += [rule, ""]
     lines += harness.ratio_lines(medians, ("postfix",))
     return "\n".join(lines) + "\n"
@@ -315,12 +268,10 @@ def main(argv=None) -> int:
             run = measure(server, sink, load, args)
             if not run.complete:
                 run.errors.append("server log:\n" + server.log_tail())
-        return run, (f"{run.done} at the sink in {run.seconds:.2f} s = {run.rate:.1f} msgs/s"
-                     f" (all submitted after {run.submitted_after:.2f} s)")
+        return run, run.summary("at the sink", "all submitted")
 
     runs = harness.run_rounds(servers, args.rounds, "emailsvc-queue-", args.keep, measure_one)
-    arguments = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python benchmarks/outbound.py", *arguments])
+    command = harness.command_line(__file__, argv)
     readme = None
     if not args.no_readme:
         readme = ("queue", "Latest queue figures", lambda medians: figures(args, runs, medians, command))
