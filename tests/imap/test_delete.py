@@ -17,6 +17,7 @@ class DeleteWithChildrenTests(IMAPTestCase):
         yield self.mail.create_mailbox(self.user.id, "Work/2025")
         yield self.mda.deliver(b"Subject: old\r\n\r\nbody\r\n", [self.user.id], "a@remote.example")
         yield self.mail.move((yield self.mail.get_mailbox(self.user.id, "INBOX")).id, [1], parent.id)
+        self.assertEqual(len((yield self.mail.list_messages(parent.id))), 1)
         self.parent = parent
 
     def session(self, *commands):

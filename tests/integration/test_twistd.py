@@ -4,7 +4,6 @@ import imaplib
 import poplib
 import signal
 import smtplib
-import socket
 import sqlite3
 import ssl
 import time
@@ -87,11 +86,6 @@ class TwistdTests(TwistdFixture, unittest.TestCase):
         self.assertIn(b"cannot read the configuration file", process.stderr.read())
 
     def test_port_in_use_stops_the_start(self):
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", self.metrics))
-            taken.listen()
-            process = self.start(self.write_config())
-            self.assertEqual(process.wait(timeout=20), 1)
-            output = process.stdout.read().decode()
+        output = self.start_with_port_taken(self.metrics, self.write_config())
         self.assertIn(f"emailsvc failed to start: listener metrics: cannot listen on 127.0.0.1:{self.metrics}", output)
         self.assertTrue(can_bind(self.https))

@@ -4,7 +4,6 @@ import os
 import re
 import signal
 import smtplib
-import socket
 import ssl
 import time
 
@@ -31,7 +30,9 @@ class WorkerTests(TwistdFixture, unittest.TestCase):
     def workers_config(self, extra=""):
         config = self.write_config("[checks]\nenabled = []\n" + extra)
         with open(config) as handle:
-            text = handle.read().replace("[server]\n", "[server]\nworkers = 2\nshutdown_timeout = 5\n", 1)
+            text = handle.read()
+        self.assertIn("[server]\n", text)
+        text = text.replace("[server]\n", "[server]\nworkers = 2\nshutdown_timeout = 5\n", 1)
         with open(config, "w") as handle:
             handle.write(text)
         return config
@@ -48,12 +49,7 @@ class WorkerTests(TwistdFixture, unittest.TestCase):
         return process, pids
 
     def test_a_pooled_port_in_use_stops_the_start(self):
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", self.imap))
-            taken.listen()
-            process = self.start(self.workers_config())
-            self.assertEqual(process.wait(timeout=20), 1)
-            output = process.stdout.read().decode()
+        output = self.start_with_port_taken(self.imap, self.workers_config())
         self.assertIn(f"emailsvc failed to start: listener imap: cannot listen on 127.0.0.1:{self.imap}"
                       " (imap, tls starttls)", output)
         self.assertNotIn("worker-1", output)

@@ -74,6 +74,16 @@ tls = "starttls"
         self.addCleanup(lambda: process.poll() is None and process.kill())
         return process
 
+    def start_with_port_taken(self, port: int, config: str) -> str:
+        """Start on `config` while something else listens on `port`; the
+        service must exit with status 1.  @return: its standard output."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+            process = self.start(config)
+            self.assertEqual(process.wait(timeout=20), 1)
+            return process.stdout.read().decode()
+
     def wait_for_log(self, process, text, timeout=10):
         deadline = time.monotonic() + timeout
         seen = b""

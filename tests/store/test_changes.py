@@ -56,9 +56,13 @@ class ChangeFeedTests(unittest.TestCase):
         subscription = self.watcher.mail.notifier.subscribe(other.id, seen.append)
         yield self.feed.poll()
         subscription.cancel()
+        notifier, published = self.watcher.mail.notifier, []
+        publish = notifier.publish
+        self.patch(notifier, "publish", lambda *ids: (published.extend(ids), publish(*ids)))
         yield self.writer.mail.deliver([(other.id, ())], Content(blob_key="x", size=1, parsed={}))
         yield self.feed.poll()
         self.assertEqual(seen, [other.id])
+        self.assertNotIn(other.id, published)
 
     @defer.inlineCallbacks
     def test_a_deleted_mailbox_is_published(self):

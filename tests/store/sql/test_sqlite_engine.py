@@ -83,6 +83,7 @@ class EngineTests(unittest.TestCase):
 
         yield self.assertFailure(self.db.write(insert_then_fail), ValueError)
         yield self.db.write(lambda c: c.execute("INSERT INTO t VALUES (8)"))
+        self.assertIn("INSERT INTO t VALUES (7)", statements)  # the trace is watching
         self.assertFalse([sql for sql in statements if "SAVEPOINT" in sql or "RELEASE" in sql])
         values = yield self.db.read(lambda c: [r[0] for r in c.execute("SELECT v FROM t")])
         self.assertEqual(values, [8])
