@@ -70,6 +70,20 @@ class IMAPTestCase(unittest.TestCase):
     def in_thread(self, function, *args):
         return deferToThread(function, *args)
 
+    def raw_session(self, function, login=True):
+        """`function(client)` on a RawClient over TLS (logged in unless told
+        otherwise), in a thread; the client is closed after. @return: Deferred."""
+        def run():
+            client = RawClient(self.tls)
+            try:
+                if login:
+                    client.login()
+                return function(client)
+            finally:
+                client.close()
+
+        return self.in_thread(run)
+
     def imaplib_client(self, login=True) -> imaplib.IMAP4_SSL:
         client = imaplib.IMAP4_SSL(*self.tls, ssl_context=client_ssl_context(), timeout=TIMEOUT)
         if login:

@@ -5,7 +5,7 @@ The mailbox and its messages go; its children stay and its name is listed
 """
 from twisted.internet import defer
 
-from tests.imap.support import IMAPTestCase, RawClient
+from tests.imap.support import IMAPTestCase
 
 
 class DeleteWithChildrenTests(IMAPTestCase):
@@ -22,15 +22,8 @@ class DeleteWithChildrenTests(IMAPTestCase):
 
     def session(self, *commands):
         """Run `commands` (bytes) in one logged-in session; their reply lines, one list each."""
-        def run():
-            client = RawClient(self.tls)
-            try:
-                client.login()
-                return [client.command(b"c%d" % number, command) for number, command in enumerate(commands)]
-            finally:
-                client.close()
-
-        return self.in_thread(run)
+        return self.raw_session(lambda client: [client.command(b"c%d" % number, command)
+                                                for number, command in enumerate(commands)])
 
     @defer.inlineCallbacks
     def test_delete_parent_becomes_noselect(self):

@@ -4,7 +4,7 @@ import re
 
 from twisted.internet import defer
 
-from tests.imap.support import IMAPTestCase, RawClient
+from tests.imap.support import IMAPTestCase
 
 MESSAGE = b"From: bob@remote.example\r\nSubject: %d\r\n\r\nbody %d\r\n"
 
@@ -17,17 +17,6 @@ class ExtensionTests(IMAPTestCase):
             yield self.deliver(MESSAGE % (number, number))
         self.inbox = yield self.mail.get_mailbox(self.user.id, "INBOX")
 
-    def session(self, function):
-        def run():
-            client = RawClient(self.tls)
-            try:
-                client.login()
-                return function(client)
-            finally:
-                client.close()
-
-        return self.in_thread(run)
-
     def test_capabilities_after_login(self):
         def check(lines):
             caps = set(lines[0].split()[2:])
@@ -38,7 +27,7 @@ class ExtensionTests(IMAPTestCase):
             self.assertNotIn(b"LOGINDISABLED", caps)
             self.assertNotIn(b"STARTTLS", caps)
 
-        return self.session(lambda client: client.command(b"C", b"CAPABILITY")).addCallback(check)
+        return self.raw_session(lambda client: client.command(b"C", b"CAPABILITY")).addCallback(check)
 
     def test_uidplus_and_unselect_close(self):
         def run(client):
@@ -64,7 +53,7 @@ class ExtensionTests(IMAPTestCase):
             self.assertEqual(out[7][0], b"* STATUS INBOX (MESSAGES 0)\r\n")
             self.assertEqual(out[8], [b"i BAD Command not valid in this state\r\n"])
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)
 
     def test_list_extended(self):
         def run(client):
@@ -95,7 +84,7 @@ class ExtensionTests(IMAPTestCase):
             self.assertEqual(out[5], [b"h NO [USEATTR] Unsupported special use\r\n"])
             self.assertRegex(out[6][0].decode(), r"^\* STATUS INBOX \(HIGHESTMODSEQ \d+ APPENDLIMIT 200000 SIZE \d+\)")
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)
 
     def test_condstore(self):
         def run(client):
@@ -121,7 +110,7 @@ class ExtensionTests(IMAPTestCase):
             self.assertEqual(out[5], [b"* 2 FETCH (UID 2 MODSEQ (%d))\r\n" % (highest + 2),
                                       b"e OK FETCH completed\r\n"])
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)
 
     def test_qresync(self):
         def run(client):
@@ -148,7 +137,7 @@ class ExtensionTests(IMAPTestCase):
             self.assertEqual(vanished[0], b"* VANISHED (EARLIER) 2\r\n")
             self.assertRegex(vanished[1].decode(), r"^\* 2 FETCH \(UID 3 FLAGS \(\\Answered\) MODSEQ \(\d+\)\)")
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)
 
     @defer.inlineCallbacks
     def test_quota_is_enforced_on_append(self):
@@ -163,7 +152,7 @@ class ExtensionTests(IMAPTestCase):
                     client.command(b"a", b"APPEND INBOX {%d+}\r\n%s" % (len(fits), fits)),
                     client.command(b"b", b"APPEND INBOX {%d+}\r\n%s" % (len(too_much), too_much))]
 
-        out = yield self.session(run)
+        out = yield self.raw_session(run)
         self.assertEqual(out[0][0], b'* QUOTAROOT INBOX ""\r\n')
         self.assertEqual(out[0][1], b'* QUOTA "" (STORAGE %d %d)\r\n' % ((used + 1023) // 1024, (used + 100) // 1024))
         self.assertEqual(out[1][0], out[0][1])
@@ -187,4 +176,4 @@ class ExtensionTests(IMAPTestCase):
             self.assertEqual(out[3][0], b"* SEARCH\r\n")
             self.assertTrue(out[4][0].startswith(b"e NO [BADCHARSET"))
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)

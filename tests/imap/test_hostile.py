@@ -2,7 +2,7 @@
 connection stays usable (or is closed on purpose)."""
 from twisted.internet import defer
 
-from tests.imap.support import MAX_SIZE, IMAPTestCase, RawClient
+from tests.imap.support import MAX_SIZE, IMAPTestCase
 
 NOOP_OK = [b"N OK NOOP completed\r\n"]
 
@@ -12,18 +12,6 @@ class HostileInputTests(IMAPTestCase):
     def setUp(self):
         yield super().setUp()
         yield self.deliver(b"Subject: one\r\n\r\nbody\r\n")
-
-    def session(self, function, login=True):
-        def run():
-            client = RawClient(self.tls)
-            try:
-                if login:
-                    client.login()
-                return function(client)
-            finally:
-                client.close()
-
-        return self.in_thread(run)
 
     def test_malformed_commands(self):
         cases = [
@@ -60,7 +48,7 @@ class HostileInputTests(IMAPTestCase):
             self.assertEqual(out, [expected for _, expected in cases])
             self.assertEqual(noop, NOOP_OK)
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)
 
     def test_selected_state_errors(self):
         def run(client):
@@ -88,7 +76,7 @@ class HostileInputTests(IMAPTestCase):
                 b"a BAD Missing search criteria\r\n", b"a OK NOOP completed\r\n",
             ])
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)
 
     def test_sequence_sets_on_an_empty_mailbox(self):
         def run(client):
@@ -107,7 +95,7 @@ class HostileInputTests(IMAPTestCase):
                 [b"a OK MOVE completed (no messages)\r\n"], [b"a OK EXPUNGE completed\r\n"],
                 [b"a OK EXPUNGE completed\r\n"], [b"a OK NOOP completed\r\n"]])
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)
 
     def test_invalid_mailbox_names(self):
         def run(client):
@@ -119,7 +107,7 @@ class HostileInputTests(IMAPTestCase):
         def check(out):
             self.assertEqual([line.split(b" ", 2)[1] for line in out], [b"BAD"] * 4 + [b"NO"] * 2 + [b"BAD"] * 2 + [b"OK"])
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)
 
     def test_huge_literals(self):
         def run(client):
@@ -154,7 +142,7 @@ class HostileInputTests(IMAPTestCase):
             self.assertEqual(out[6], NOOP_OK)
             self.assertEqual(out[7:], [b"* BYE Literal too large\r\n", b""])
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)
 
     def test_long_lines_and_too_many_errors(self):
         def run(client):
@@ -173,7 +161,7 @@ class HostileInputTests(IMAPTestCase):
             self.assertEqual(last, b"b BAD Unknown command\r\n")
             self.assertEqual(bye, b"* BYE Too many invalid commands\r\n")
 
-        return self.session(run, login=False).addCallback(check)
+        return self.raw_session(run, login=False).addCallback(check)
 
     def test_deep_search_nesting(self):
         def run(client):
@@ -192,7 +180,7 @@ class HostileInputTests(IMAPTestCase):
                                        b"a BAD Search criteria nested too deeply\r\n"])
             self.assertEqual(out[3:], [b"a OK SEARCH completed\r\n"] * 2)
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)
 
     def test_pipelined_commands_run_in_order(self):
         def run(client):
@@ -206,4 +194,4 @@ class HostileInputTests(IMAPTestCase):
             self.assertIn(b"* 1 FETCH (FLAGS (\\Flagged))\r\n", lines)
             self.assertIn(b"* SEARCH 1\r\n", lines)
 
-        return self.session(run).addCallback(check)
+        return self.raw_session(run).addCallback(check)

@@ -5,7 +5,7 @@ tests.imap.test_auth.LoginTests.test_starttls_discards_pipelined_commands.)
 """
 from twisted.internet import defer
 
-from tests.imap.support import MAX_SIZE, IMAPTestCase, RawClient
+from tests.imap.support import MAX_SIZE, IMAPTestCase
 
 MESSAGE = b"From: bob@remote.example\r\nSubject: Quarterly numbers\r\n\r\nRevenue is up.\r\n"
 
@@ -30,16 +30,12 @@ class TwistedDefectTests(IMAPTestCase):
         yield self.deliver(MESSAGE)
 
     def session(self, function):
-        def run():
-            client = RawClient(self.tls)
-            try:
-                client.login()
-                client.command(b"S", b"SELECT INBOX")
-                return function(client)
-            finally:
-                client.close()
+        """`function(client)` in a session that has selected INBOX."""
+        def selected(client):
+            client.command(b"S", b"SELECT INBOX")
+            return function(client)
 
-        return self.in_thread(run)
+        return self.raw_session(selected)
 
     def test_search_runs(self):
         """Twisted's built-in SEARCH fails on Python 3; ours runs in SQL."""
