@@ -68,8 +68,7 @@ class KillTests(TwistdFixture, unittest.TestCase):
 
     def run_rounds(self):
         config = self.write_config()
-        self.admin(config, "domain", "add", "example.test")
-        self.admin(config, "user", "add", "alice@example.test", password=b"pw\n")
+        self.add_alice(config, b"pw")
         acknowledged = set()
         for round_number in range(ROUNDS):
             process = self.start(config)

@@ -173,14 +173,6 @@ tls = "starttls"
 
         self.in_reactor(release)
 
-    def wait_until(self, condition, what, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.1)
-        self.fail(f"timed out after {timeout} s waiting for {what}; the service said:\n{self.output()}")
-
     # The service.
 
     def run_service(self, config):
@@ -226,19 +218,18 @@ tls = "starttls"
         messages = plan()
         expected = {(subject, recipient) for subject, recipients in messages.items() for recipient in recipients}
         config = self.configure(lease_time, first_id)
-        self.admin(config, "domain", "add", "example.test")
-        self.admin(config, "user", "add", "alice@example.test", password=PASSWORD.encode() + b"\n")
+        self.add_alice(config, PASSWORD.encode())
 
         process = self.run_service(config)
         self.submit(messages)
         # Mid-processing: some delivered, some sessions held before the
         # 250, and nothing else moving.
-        self.wait_until(self.settled, "sessions held at the sink and no other progress", 20)
+        self.wait_until(self.settled, "sessions held at the sink and no other progress", 20, output=self.output)
         before = self.pairs()
         self.assertGreaterEqual(len(before), ACCEPT_FIRST)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
-        self.wait_until(lambda: self.held() == 0, "the sink to see the held sessions close", 10)
+        self.wait_until(lambda: self.held() == 0, "the sink to see the held sessions close", 10, output=self.output)
         self.assertEqual(self.pairs(), before)
         rows = self.queue_rows()
         self.assertTrue(any(status == "pending" for status, _, _ in rows.values()),
@@ -253,10 +244,11 @@ tls = "starttls"
         config = self.configure(lease_time, second_id)
         began = time.monotonic()
         process = self.run_service(config)
-        self.wait_until(lambda: expected <= set(self.pairs()), "every recipient at the sink", redelivery_within)
+        self.wait_until(lambda: expected <= set(self.pairs()), "every recipient at the sink", redelivery_within,
+                        output=self.output)
         # Nothing left for the queue to send: no late duplicate can follow.
         self.wait_until(lambda: all(status != "pending" for status, _, _ in self.queue_rows().values()),
-                        "an empty queue", 10)
+                        "an empty queue", 10, output=self.output)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
         self.assertLess(time.monotonic() - began, redelivery_within + 10)

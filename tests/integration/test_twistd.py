@@ -38,8 +38,7 @@ class TwistdTests(TwistdFixture, unittest.TestCase):
 
     def test_newcomer_delivers_mail_that_survives_restart(self):
         config = self.write_config()
-        self.admin(config, "domain", "add", "example.test")
-        self.admin(config, "user", "add", "alice@example.test", password=b"correct horse\n")
+        self.add_alice(config, b"correct horse")
         process = self.start(config)
         self.wait_for_log(process, "emailsvc started")
         insecure = ssl._create_unverified_context()

@@ -39,8 +39,7 @@ class WorkerTests(TwistdFixture, unittest.TestCase):
 
     def start_with_workers(self, extra=""):
         config = self.workers_config(extra)
-        self.admin(config, "domain", "add", "example.test")
-        self.admin(config, "user", "add", "alice@example.test", password=PASSWORD.encode() + b"\n")
+        self.add_alice(config, PASSWORD.encode())
         process = self.start(config)
         log = self.wait_for_log(process, "emailsvc started")
         while len(pids := self.worker_pids(log)) < 2:
@@ -113,9 +112,7 @@ class WorkerTests(TwistdFixture, unittest.TestCase):
         process, pids = self.start_with_workers()
         process.kill()
         process.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self.wait_until(lambda: not any(alive(pid) for pid in pids.values()), "the workers to stop", 5)
         self.assertFalse(any(alive(pid) for pid in pids.values()))
         self.assertTrue(can_bind(self.smtp))
 
@@ -146,13 +143,14 @@ tls = "starttls"
                 client.sendmail("alice@example.test", ["bob@remote.example"],
                                 b"From: alice@example.test\r\nSubject: relayed\r\n\r\nhi\r\n")
             sent = time.monotonic()
-            while time.monotonic() - sent < 5:
-                if threads.blockingCallFromThread(reactor, lambda: len(sink.received)):
-                    return time.monotonic() - sent
-                time.sleep(0.05)
-            process.terminate()
-            self.fail("the queue runner did not deliver the submitted message within 5 s:\n"
-                      + process.communicate(timeout=20)[0].decode())
+
+            def output():
+                process.terminate()
+                return process.communicate(timeout=20)[0].decode()
+
+            self.wait_until(lambda: threads.blockingCallFromThread(reactor, lambda: len(sink.received)),
+                            "the queue runner to deliver the submitted message", 5, output)
+            return time.monotonic() - sent
 
         def delivered(seconds):
             (message,) = sink.received

@@ -104,3 +104,18 @@ tls = "starttls"
             [os.path.join(os.path.dirname(sys.executable), "emailsvc"), "--config", config, *args],
             input=password, capture_output=True, check=True, timeout=60,
         )
+
+    def wait_until(self, condition, what: str, timeout: float, output=lambda: ""):
+        """Poll `condition()` every 50 ms until it is true; fail after `timeout`
+        seconds, with `output()` (what the service said) in the message."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.05)
+        self.fail(f"timed out after {timeout} s waiting for {what}; the service said:\n{output()}")
+
+    def add_alice(self, config, password: bytes):
+        """The domain example.test and its user alice@example.test, through the admin command."""
+        self.admin(config, "domain", "add", "example.test")
+        self.admin(config, "user", "add", "alice@example.test", password=password + b"\n")
