@@ -67,6 +67,15 @@ class QueueFixture:
         return stored_raw(self.mail, self.blobs, user.id)
 
     @defer.inlineCallbacks
+    def until_drained(self, tries=100):
+        """Run due calls and wait (10 ms a try) until the queue holds no recipient."""
+        for _ in range(tries):
+            self.clock.advance(0)  # a wake may wait for a running pass to end
+            if not (yield self.store.recipients()):
+                return
+            yield deferLater(0.01)
+
+    @defer.inlineCallbacks
     def statuses(self):
         rows = yield self.store.recipients()
         return {row.recipient: (row.status, row.attempts) for row in rows}
@@ -261,11 +270,7 @@ class RunnerTests(QueueFixture, unittest.TestCase):
         yield runner.start()
         self.addCleanup(runner.stop)
         yield self.queue.enqueue(MESSAGE, "alice@example.test", ["x@remote.test"])
-        for _ in range(100):
-            self.clock.advance(0)  # the wake may wait for the start's pass to end
-            if not (yield self.store.recipients()):
-                break
-            yield deferLater(0.01)
+        yield self.until_drained()
         self.assertEqual(len(self.remote.calls), 1)
 
     @defer.inlineCallbacks
@@ -276,11 +281,7 @@ class RunnerTests(QueueFixture, unittest.TestCase):
         yield runner.start()
         self.addCleanup(runner.stop)
         # One scan at start and no wake: the clock never reaches the next scan.
-        for _ in range(100):
-            self.clock.advance(0)
-            if not (yield self.store.recipients()):
-                break
-            yield deferLater(0.01)
+        yield self.until_drained()
         self.assertEqual(len(self.remote.calls), 7)
 
 
