@@ -10,7 +10,6 @@ from twisted.trial import unittest
 
 from emailsvc.config import parse
 from emailsvc.service import build
-from emailsvc.store.fsblobs import FilesystemBlobStore
 from emailsvc.store.model import Content
 from emailsvc.store.parse import parse_message
 from emailsvc.store.sql import deltas as deltas_module
@@ -18,6 +17,8 @@ from emailsvc.store.sql import indexer as indexer_module
 from emailsvc.store.sql import mail as mail_module
 from emailsvc.store.sql.backend import SQLiteBackend
 from emailsvc.store.sql.indexer import BATCH, SearchIndexer
+
+from tests.store.test_sqlite import open_embedded
 
 USER = 1
 MESSAGES = [
@@ -41,12 +42,9 @@ class SearchIndexTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.root = os.path.abspath(self.mktemp())
-        os.makedirs(self.root)
-        self.path = os.path.join(self.root, "meta.sqlite3")
-        self.blobs = FilesystemBlobStore(os.path.join(self.root, "blobs"), reactor)
-        yield self.blobs.start()
-        yield self.open()
+        self.metadata, self.blobs = yield open_embedded(self)
+        self.db, self.mail = self.metadata.db, self.metadata.mail
+        self.path = self.db.path
         yield self.mail.provision_user(USER)
         self.inbox = yield self.mail.get_mailbox(USER, "INBOX")
 
