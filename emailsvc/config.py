@@ -92,6 +92,7 @@ class StoreConfig:
     blobs: str = "fs"
     orphan_grace: float = field(default=3600.0, metadata=_range(0))
     gc_interval: float = field(default=3600.0, metadata=_range(1))
+    inline_max: int = field(default=64 * 1024, metadata=_range(0, 1024 * 1024))
     sqlite: SQLiteConfig = SQLiteConfig()
     postgresql: PostgreSQLConfig = PostgreSQLConfig()
     fs: FilesystemBlobConfig = FilesystemBlobConfig()

@@ -144,17 +144,20 @@ class IMailStore(Interface):
     def set_subscribed(user_id, name, subscribed):
         """@return: Deferred."""
 
-    def append(mailbox_id, content, flags=(), internal_date=None):
-        """Add a message whose `content` (a `Content`) was stored already.
-
-        @return: Deferred firing with the new `MessageRecord`.
-        """
-
-    def deliver(deliveries, content):
-        """Append one content to many mailboxes atomically.
+    def deliver(deliveries, content, internal_date=None, data=None):
+        """Add one content to many mailboxes atomically.
 
         @param deliveries: a list of (mailbox_id, flags) pairs.
+        @param internal_date: seconds since the epoch; now when None.
+        @param data: the message's bytes, kept in this store and committed
+            with the rows (see emailsvc.store.inline); None when they were
+            stored in the blob store under `content.blob_key` already.
         @return: Deferred firing with the list of `MessageRecord`s.
+        """
+
+    def read_inline(blob_key, offset=0, length=None):
+        """Bytes `[offset, offset+length)` (all when None) of a message
+        delivered with `data`. @return: Deferred; fails with BlobNotFound.
         """
 
     def list_messages(mailbox_id, uids=None):

@@ -178,7 +178,7 @@ class QueueService(AsyncService):
         hostname = config.server.hostname
         self.resolver = make_resolver(config.dns, self._reactor, config.path)
         remote = RemoteDelivery(self.resolver, self._reactor, config.queue, config.queue.helo_name or hostname)
-        mda = MDA(self._store.metadata.mail, self._store.blobs, self._reactor)
+        mda = MDA(self._store.metadata.mail, self._store.blobs)
         bouncer = Bouncer(self._store.metadata.directory, mda, self.queue, self._store.blobs, hostname,
                           self._reactor)
         self.runner = QueueRunner(self.queue.store, self._store.blobs, remote, bouncer, self._reactor,
@@ -211,10 +211,13 @@ class StartError(Exception):
 
 
 def open_store(config, reactor) -> StoreService:
-    """The configured metadata backend and blob store, not yet started."""
+    """The configured metadata backend and blob store, not yet started;
+    small messages go inline into the metadata store."""
+    from emailsvc.store.inline import InlineBlobStore
+
     metadata = plugins.load("emailsvc.stores", config.store.metadata).from_config(config, reactor)
     blobs = plugins.load("emailsvc.blobstores", config.store.blobs).from_config(config, reactor)
-    return StoreService(metadata, blobs)
+    return StoreService(metadata, InlineBlobStore(metadata.mail, blobs, config.store.inline_max, reactor))
 
 
 def endpoint_for(reactor, listener, tls_context):
@@ -283,7 +286,7 @@ def _smtp(context, listener):
     from emailsvc.smtp.session import MXSession
 
     directory = context.store.metadata.directory
-    mda = MDA(context.store.metadata.mail, context.store.blobs, context.reactor)
+    mda = MDA(context.store.metadata.mail, context.store.blobs)
     hostname = context.config.server.hostname
 
     def session():
@@ -309,7 +312,7 @@ def _submission(context, listener):
     from emailsvc.smtp.submission import SubmissionFactory, SubmissionSession, submitter_factory
 
     directory = context.store.metadata.directory
-    mda = MDA(context.store.metadata.mail, context.store.blobs, context.reactor)
+    mda = MDA(context.store.metadata.mail, context.store.blobs)
     hostname = context.config.server.hostname
     signer = DKIMSigner.from_config(context.config, context.reactor)
     realm = MailRealm({ISubmitter: submitter_factory(directory)})

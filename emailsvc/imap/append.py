@@ -5,14 +5,8 @@ import calendar
 import datetime
 import re
 
-from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
-
 from emailsvc.imap.wire import Bad
-from emailsvc.store.model import Content
-from emailsvc.store.parse import parse_message
 
-_PARSE_IN_THREAD = 256 * 1024
 _DATE_TIME = re.compile(
     rb"([ 0-9][0-9])-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})"
 )
@@ -37,15 +31,7 @@ def parse_date_time(raw: bytes) -> int:
     return calendar.timegm((year, month, day, hour, minute, second, 0, 1, 0)) - offset
 
 
-@defer.inlineCallbacks
 def store_message(account, mailbox_id: int, data: bytes, flags=(), internal_date=None):
-    """Parse, write the blob, then add the message row. @return: Deferred of the MessageRecord."""
-    clock = account.clock
-    if len(data) > _PARSE_IN_THREAD:
-        parsed = yield deferToThreadPool(clock, clock.getThreadPool(), parse_message, data)
-    else:
-        parsed = parse_message(data)
-    key = yield account.blobs.put(data)
-    record = yield account.store.append(mailbox_id, Content(blob_key=key, size=len(data), parsed=parsed),
-                                        flags, internal_date)
-    return record
+    """Save the message like the MDA does. @return: Deferred of the MessageRecord."""
+    records = account.blobs.save([(mailbox_id, flags)], data, internal_date)
+    return records.addCallback(lambda saved: saved[0])

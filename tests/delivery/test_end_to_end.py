@@ -53,7 +53,7 @@ class EndToEndTests(DNSTestCase, unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(reactor.seconds())
         settings = QueueConfig(remote_port=self.port, connect_timeout=2, command_timeout=10)
-        mda = MDA(self.mail, self.blobs, reactor)
+        mda = MDA(self.mail, self.blobs)
         self.store = SQLQueueStore(self.metadata.db)
         self.queue = OutboundQueue(self.store, self.blobs, self.clock)
         remote = RemoteDelivery(self.resolver, reactor, settings, HOST)

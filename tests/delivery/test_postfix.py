@@ -58,7 +58,7 @@ class PostfixDeliveryTests(DNSTestCase, unittest.TestCase):
         self.dns.mx("remote.test", (10, "mx.remote.test"))
         self.dns.a("mx.remote.test", "127.0.0.1")
         settings = QueueConfig(remote_port=self.peer.port, connect_timeout=5, command_timeout=30)
-        mda = MDA(mail, self.blobs, reactor)
+        mda = MDA(mail, self.blobs)
         self.store = SQLQueueStore(self.metadata.db)
         queue = OutboundQueue(self.store, self.blobs, reactor)
         remote = RemoteDelivery(self.resolver, reactor, settings, HOST)

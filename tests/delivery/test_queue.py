@@ -55,7 +55,7 @@ class QueueFixture:
         self.clock.advance(START)
         self.store = SQLQueueStore(self.metadata.db)
         self.queue = OutboundQueue(self.store, self.blobs, self.clock)
-        self.mda = MDA(self.mail, self.blobs, reactor)
+        self.mda = MDA(self.mail, self.blobs)
         self.bouncer = Bouncer(self.directory, self.mda, self.queue, self.blobs, "mail.example.test", self.clock)
         self.remote = FakeRemote()
 

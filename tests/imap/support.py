@@ -46,7 +46,7 @@ class IMAPTestCase(unittest.TestCase):
         yield self.directory.add_domain("example.test")
         self.user = yield self.directory.add_user(USER, PASSWORD)
         yield self.mail.provision_user(self.user.id)
-        self.mda = MDA(self.mail, self.blobs, reactor)
+        self.mda = MDA(self.mail, self.blobs)
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         cert, key = tls.ensure_certificate(TLSConfig(), directory, "localhost")

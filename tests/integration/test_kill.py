@@ -15,9 +15,14 @@ SENDERS = 4
 ROUNDS = 3
 
 
+# Every other message is larger than this, so both ways of saving are killed.
+INLINE_MAX = 8192
+
+
 def body(name: str) -> bytes:
+    """About 5 KB (kept inline) or 16 KB (a blob file), by the last number in `name`."""
     line = f"message {name} ".encode() * 8 + b"\r\n"
-    return f"Subject: {name}\r\n\r\n".encode() + line * 40
+    return f"Subject: {name}\r\n\r\n".encode() + line * (40 if int(name.rsplit("-", 1)[1]) % 2 else 120)
 
 
 class KillTests(TwistdFixture, unittest.TestCase):
@@ -57,8 +62,9 @@ class KillTests(TwistdFixture, unittest.TestCase):
         try:
             self.assertEqual(database.execute("PRAGMA integrity_check").fetchone()[0], "ok")
             return database.execute(
-                "SELECT json_extract(c.parsed, '$.subject'), c.blob_key FROM messages m"
-                " JOIN contents c ON c.id = m.content_id").fetchall()
+                "SELECT json_extract(c.parsed, '$.subject'), c.blob_key, d.data FROM messages m"
+                " JOIN contents c ON c.id = m.content_id LEFT JOIN content_data d ON d.content_id = c.id"
+            ).fetchall()
         finally:
             database.close()
 
@@ -67,7 +73,7 @@ class KillTests(TwistdFixture, unittest.TestCase):
             return handle.read()
 
     def run_rounds(self):
-        config = self.write_config()
+        config = self.write_config(f"[store]\ninline_max = {INLINE_MAX}\n")
         self.add_alice(config, b"pw")
         acknowledged = set()
         for round_number in range(ROUNDS):
@@ -82,12 +88,14 @@ class KillTests(TwistdFixture, unittest.TestCase):
             for worker in workers:
                 worker.join(timeout=30)
         rows = self.stored()
-        subjects = [subject for subject, _ in rows]
+        subjects = [subject for subject, _, _ in rows]
         self.assertGreater(len(acknowledged), 20)
         self.assertEqual(acknowledged - set(subjects), set())
         self.assertEqual(len(subjects), len(set(subjects)))
-        for subject, key in rows:
-            self.assertTrue(self.blob(key).endswith(body(subject)), subject)
+        for subject, key, inline in rows:
+            self.assertEqual(inline is not None, len(body(subject)) < INLINE_MAX, subject)
+            self.assertTrue((inline or self.blob(key)).endswith(body(subject)), subject)
+        self.assertEqual({inline is None for _, _, inline in rows}, {True, False})
 
     def test_sigkill_under_load(self):
         return threads.deferToThread(self.run_rounds)

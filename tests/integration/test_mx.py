@@ -45,7 +45,7 @@ class MXTests(DNSTestCase, unittest.TestCase):
         yield directory.add_alias("team@example.test", "bob@example.test")
         for user in (self.alice, self.bob, self.jorg):
             yield self.mail.provision_user(user.id)
-        mda = MDA(self.mail, self.blobs, reactor)
+        mda = MDA(self.mail, self.blobs)
         self.inflight = InFlight()
         config = parse(CONFIG)
         pipeline = build_pipeline(config, self.resolver, reactor)

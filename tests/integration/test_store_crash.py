@@ -30,7 +30,7 @@ CHILD = textwrap.dedent("""
         inbox = yield backend.mail.get_mailbox(1, "INBOX")
         data = b"Subject: committed\\r\\n\\r\\nkept\\r\\n"
         key = yield blobs.put(data)
-        yield backend.mail.append(inbox.id, Content(key, len(data)))
+        yield backend.mail.deliver([(inbox.id, ())], Content(key, len(data)))
         key = yield blobs.put(b"Subject: doomed\\r\\n\\r\\nlost\\r\\n")
         if mode == "after-blob":
             os.kill(os.getpid(), signal.SIGKILL)

@@ -70,7 +70,7 @@ class SubmissionFixture(DNSTestCase):
             self.dns.txt(f"{selector}._domainkey.example.test", record)
         cert, key = tls.ensure_certificate(TLSConfig(), self.mktemp(), HOST)
         context = tls.server_context(cert, key)
-        mda = MDA(self.mail, self.blobs, reactor)
+        mda = MDA(self.mail, self.blobs)
         self.inflight = InFlight()
         self.throttle = AuthThrottle(reactor, self.max_failures, 600, 900, max_delay=0.2)
         realm = MailRealm({ISubmitter: submitter_factory(directory)})

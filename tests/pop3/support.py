@@ -35,7 +35,7 @@ class MailFixture:
             user = yield self.directory.add_user(address, PASSWORD)
             yield self.mail.provision_user(user.id)
             self.users[address.split("@")[0]] = user
-        self.mda = MDA(self.mail, self.blobs, reactor)
+        self.mda = MDA(self.mail, self.blobs)
         return self
 
     def deliver(self, message: bytes, user="alice"):

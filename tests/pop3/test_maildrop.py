@@ -7,7 +7,6 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from emailsvc.pop3.maildrop import Maildrop, MaildropFactory, MessageGone, SizeCache
-from emailsvc.store.model import Content
 from tests.pop3.support import CRLF_MESSAGE, DOT_MESSAGE, LF_MESSAGE, CountingBlobs, MailFixture
 
 
@@ -179,9 +178,8 @@ class MaildropTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_stored_without_mda(self):
         # APPEND or import may store bare LFs without a Return-Path.
-        key = yield self.fixture.blobs.put(LF_MESSAGE)
         box, _ = yield self.fixture.inbox("bob")
-        yield self.fixture.mail.append(box.id, Content(blob_key=key, size=len(LF_MESSAGE)))
+        yield self.fixture.blobs.save([(box.id, ())], LF_MESSAGE)
         maildrop = yield self.login("bob")
         self.assertEqual((yield maildrop.getMessage(0)).read(), LF_MESSAGE.replace(b"\n", b"\r\n"))
 

@@ -44,7 +44,7 @@ class StoreConformance:
         records = []
         for _ in range(count):
             content = yield self.message()
-            records.append((yield self.mail.append(box.id, content, flags)))
+            records.extend((yield self.mail.deliver([(box.id, flags)], content)))
         return records
 
     def test_interfaces(self):
@@ -275,6 +275,29 @@ class StoreConformance:
         self.assertEqual((yield self.mail.get_mailbox(USER, "INBOX")).uidnext, 1)
 
     @defer.inlineCallbacks
+    def test_bytes_delivered_with_the_rows(self):
+        box = yield self.mailbox("INBOX")
+        raw = b"Subject: \xc3\xa9t\xc3\xa9\r\n\r\nbinary \x00\xff body\r\n"
+        (record,) = yield self.mail.deliver([(box.id, ())], Content("inline-1", len(raw)), data=raw)
+        self.assertEqual((yield self.mail.read_inline("inline-1")), raw)
+        self.assertEqual((yield self.mail.read_inline("inline-1", 9, 2)), b"\xc3\xa9")
+        self.assertEqual((yield self.mail.read_inline("inline-1", 20)), raw[20:])
+        self.assertEqual((yield self.mail.read_inline("inline-1", len(raw) + 5, 3)), b"")
+        yield self.assertFailure(self.mail.read_inline("inline-2"), BlobNotFound)
+        # The bytes go with their content once no message uses it.
+        yield self.mail.store_flags(box.id, [record.uid], ["\\Deleted"], "add")
+        yield self.mail.expunge(box.id)
+        self.assertEqual((yield self.mail.collect_garbage(self.blobs, grace=-60)), 1)
+        yield self.assertFailure(self.mail.read_inline("inline-1"), BlobNotFound)
+
+    @defer.inlineCallbacks
+    def test_failed_delivery_keeps_no_bytes(self):
+        box = yield self.mailbox("INBOX")
+        delivery = self.mail.deliver([(box.id, ()), (999999, ())], Content("inline-1", 3), data=b"abc")
+        yield self.assertFailure(delivery, NotFound)
+        yield self.assertFailure(self.mail.read_inline("inline-1"), BlobNotFound)
+
+    @defer.inlineCallbacks
     def test_flags(self):
         box = yield self.mailbox("INBOX")
         records = yield self.append(box, count=3)
@@ -398,7 +421,7 @@ class StoreConformance:
 
         key = yield self.blobs.put(raw)
         content = Content(blob_key=key, size=len(raw), parsed=parse_message(raw))
-        record = yield self.mail.append(box.id, content, flags, internal_date)
+        (record,) = yield self.mail.deliver([(box.id, flags)], content, internal_date)
         return record
 
     @defer.inlineCallbacks

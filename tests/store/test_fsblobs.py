@@ -6,22 +6,12 @@ from twisted.trial import unittest
 from emailsvc.errors import BlobNotFound
 from emailsvc.store import fsblobs
 from emailsvc.store.fsblobs import FilesystemBlobStore
-from emailsvc.store.sql.backend import SQLiteBackend
-from tests.store.test_sqlite import EmbeddedConformanceTests
+from tests.store.test_sqlite import EmbeddedConformanceTests, open_embedded
 
 
 class FsyncConformance(EmbeddedConformanceTests):
     def make_store(self):
-        return self._open()
-
-    @defer.inlineCallbacks
-    def _open(self):
-        root = self.mktemp(); os.makedirs(root)
-        metadata = SQLiteBackend(os.path.join(root, "meta.sqlite3"), reactor)
-        blobs = FilesystemBlobStore(os.path.join(root, "blobs"), reactor, sync="fsync")
-        yield metadata.start(); self.addCleanup(metadata.stop)
-        yield blobs.start()
-        return metadata, blobs
+        return open_embedded(self, sync="fsync")
 
 
 class Batching(unittest.TestCase):

@@ -4,18 +4,23 @@ import os
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from emailsvc.config import StoreConfig
 from emailsvc.store.fsblobs import FilesystemBlobStore
+from emailsvc.store.inline import InlineBlobStore
 from emailsvc.store.sql.backend import SQLiteBackend
 from tests.store.conformance import StoreConformance
 
 
 @defer.inlineCallbacks
-def open_embedded(testcase):
-    """A started SQLite backend and blob store in a fresh directory."""
+def open_embedded(testcase, inline_max=StoreConfig.inline_max, sync="auto"):
+    """A started SQLite backend and blob store (messages of up to
+    `inline_max` bytes inline, the files synced as `sync` says) in a
+    fresh directory."""
     root = testcase.mktemp()
     os.makedirs(root)
     metadata = SQLiteBackend(os.path.join(root, "meta.sqlite3"), reactor)
-    blobs = FilesystemBlobStore(os.path.join(root, "blobs"), reactor)
+    files = FilesystemBlobStore(os.path.join(root, "blobs"), reactor, sync)
+    blobs = InlineBlobStore(metadata.mail, files, inline_max, reactor)
     yield metadata.start()
     testcase.addCleanup(metadata.stop)
     yield blobs.start()

@@ -13,7 +13,7 @@ from array import array
 from twisted.internet import defer
 from zope.interface import implementer
 
-from emailsvc.errors import AlreadyExists, InvalidName, NotFound
+from emailsvc.errors import AlreadyExists, BlobNotFound, InvalidName, NotFound
 from emailsvc.interfaces import IMailStore
 from emailsvc.store.model import Content, Mailbox, MessageRecord
 from emailsvc.store.notify import Notifier
@@ -343,11 +343,7 @@ class SQLMailStore:
         """`read_now` for a page of `keys` at most, else `read` (a thread)."""
         return self._db.read_now if keys is not None and len(keys) <= _READ_NOW_KEYS else self._db.read
 
-    def append(self, mailbox_id, content, flags=(), internal_date=None):
-        records = self.deliver([(mailbox_id, flags)], content, internal_date)
-        return records.addCallback(lambda result: result[0])
-
-    def deliver(self, deliveries, content, internal_date=None):
+    def deliver(self, deliveries, content, internal_date=None, data=None):
         when = int(self._now()) if internal_date is None else int(internal_date)
 
         def deliver(connection):
@@ -356,6 +352,8 @@ class SQLMailStore:
                 "INSERT INTO contents (blob_key, size, parsed, created) VALUES (?, ?, ?, ?) RETURNING id",
                 (content.blob_key, content.size, json.dumps(content.parsed), int(self._now())),
             ).fetchone()[0]
+            if data is not None:
+                connection.execute("INSERT INTO content_data (content_id, data) VALUES (?, ?)", (content_id, data))
             records = []
             for mailbox_id, (bits, keywords) in flag_bits:
                 uid, modseq = self._allocate(connection, mailbox_id, 1)
@@ -406,6 +404,20 @@ class SQLMailStore:
             if row is None:
                 return None
             return Content(id=row[0], blob_key=row[1], size=row[2], parsed=json.loads(row[3]))
+
+        return self._db.read_now(query)
+
+    def read_inline(self, blob_key, offset=0, length=None):
+        def query(connection):
+            source = "FROM contents c JOIN content_data d ON d.content_id = c.id WHERE c.blob_key = ?"
+            if length is None:
+                row = connection.execute(f"SELECT substr(d.data, ?) {source}", (offset + 1, blob_key)).fetchone()
+            else:
+                row = connection.execute(f"SELECT substr(d.data, ?, ?) {source}",
+                                         (offset + 1, length, blob_key)).fetchone()
+            if row is None:
+                raise BlobNotFound(f"no inline message {blob_key}")
+            return row[0]
 
         return self._db.read_now(query)
 

@@ -10,7 +10,6 @@ from twisted.trial import unittest
 
 from emailsvc.config import parse
 from emailsvc.service import build
-from emailsvc.store.model import Content
 from emailsvc.store.parse import parse_message
 from emailsvc.store.sql import deltas as deltas_module
 from emailsvc.store.sql import indexer as indexer_module
@@ -64,8 +63,7 @@ class SearchIndexTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def deliver(self, raw):
-        key = yield self.blobs.put(raw)
-        record = yield self.mail.append(self.inbox.id, Content(key, len(raw), parse_message(raw)))
+        (record,) = yield self.blobs.save([(self.inbox.id, ())], raw)
         return record
 
     @defer.inlineCallbacks
