@@ -161,14 +161,18 @@ def _disposition(value):
 def envelope(env) -> bytes:
     if not env or len(env) != 10:
         env = [None] * 10
-    fields = []
-    for index, value in enumerate(env):
-        if 2 <= index <= 7:
-            fields.append(b"NIL" if not value else
-                          b"(" + b"".join(b"(" + b" ".join(nstring(v) for v in address) + b")" for address in value) + b")")
-        else:
-            fields.append(nstring(value))
+    date, subject, *addresses, in_reply_to, message_id = env
+    fields = [nstring(date), nstring(subject)]
+    fields += [_address_list(value) for value in addresses]
+    fields += [nstring(in_reply_to), nstring(message_id)]
     return b"(" + b" ".join(fields) + b")"
+
+
+def _address_list(addresses) -> bytes:
+    if not addresses:
+        return b"NIL"
+    rendered = [b"(" + b" ".join([nstring(part) for part in address]) + b")" for address in addresses]
+    return b"(" + b"".join(rendered) + b")"
 
 
 def structure(part: dict, extended: bool) -> bytes:
@@ -266,72 +270,102 @@ def section_data(message, item: Item):
     return data
 
 
-def render_items(message, items, seq: int, *, uid_first: bool, modseq: bool, flags_changed: bool,
-                 sections=None) -> bytes:
-    """One `* n FETCH (...)` response line (with any literals), without CRLF.
+class Renderer:
+    """The `* n FETCH (...)` responses of one FETCH command.
 
-    Synchronous: body sections come read already, in `sections` (see `read_sections`).
+    What is the same for every message is worked out once, not per message:
+    the items the command adds to those requested (UID first for UID FETCH,
+    MODSEQ with CONDSTORE, FLAGS when the fetch set \\Seen) and whether the
+    responses carry literals.
     """
-    out = []
-    names = {item.name for item in items}
-    record = message.record
-    if uid_first and "UID" not in names:
-        out.append(b"UID %d" % record.uid)
-    for item in items:
-        name = item.name
-        if name == "FLAGS":
-            out.append(b"FLAGS " + flag_list(record.flags))
-        elif name == "UID":
-            out.append(b"UID %d" % record.uid)
-        elif name == "INTERNALDATE":
-            out.append(b'INTERNALDATE "' + internal_date(record.internal_date).encode() + b'"')
-        elif name == "RFC822.SIZE":
-            out.append(b"RFC822.SIZE %d" % record.size)
-        elif name == "MODSEQ":
-            out.append(b"MODSEQ (%d)" % record.modseq)
-        elif name == "ENVELOPE":
-            out.append(b"ENVELOPE " + envelope(message.parsed.get("envelope")))
-        elif name in ("BODYSTRUCTURE", "BODY"):
-            body = message.parsed.get("body")
-            if body is None:
-                body = {"type": "text", "subtype": "plain", "params": [], "id": None, "description": None,
-                        "encoding": "7bit", "header_start": 0, "body_start": 0, "end": record.size,
-                        "lines": 0, "md5": None, "disposition": None, "language": None, "location": None}
-            out.append(item.label + b" " + structure(body, name == "BODYSTRUCTURE"))
-        else:
-            data = sections[item]
-            out.append(item.label + b" " + (b"NIL" if data is None else b"{%d}\r\n" % len(data) + data))
-    if flags_changed and "FLAGS" not in names:
-        out.append(b"FLAGS " + flag_list(record.flags))
-    if modseq and "MODSEQ" not in names:
-        out.append(b"MODSEQ (%d)" % record.modseq)
-    return b"* %d FETCH (" % seq + b" ".join(out) + b")"
+
+    def __init__(self, items, *, uid_first: bool, modseq: bool):
+        names = {item.name for item in items}
+        self.items = items
+        self.uid_first = uid_first and "UID" not in names
+        self.modseq = modseq and "MODSEQ" not in names
+        self.flags_listed = "FLAGS" in names
+        self.literals = any(item.section is not None for item in items)
+
+    def line(self, record, parsed: dict, seq: int, *, flags_changed=False, sections=None) -> bytes:
+        """One message's response, CRLF included.
+
+        Synchronous: body sections come read already, in `sections` (see `read_sections`).
+        """
+        fields = [b"UID %d" % record.uid] if self.uid_first else []
+        fields += [_field(item, record, parsed, sections) for item in self.items]
+        if flags_changed and not self.flags_listed:
+            fields.append(b"FLAGS " + flag_list(record.flags))
+        if self.modseq:
+            fields.append(b"MODSEQ (%d)" % record.modseq)
+        return _response(seq, fields) if self.literals else b"* %d FETCH (%b)\r\n" % (seq, b" ".join(fields))
+
+    def expunged_line(self, seq: int, uid: int) -> bytes:
+        """The response for a message another session expunged and this one
+        has not been told of yet (RFC 2180 4.1.3): the UID it knows, \\Deleted,
+        NIL for what was in the message."""
+        fields = [b"UID %d" % uid] if self.uid_first else []
+        fields += [_expunged_field(item, uid) for item in self.items]
+        return b"* %d FETCH (%b)\r\n" % (seq, b" ".join(fields))
 
 
-def expunged_line(seq: int, uid: int, items, *, uid_first: bool) -> bytes:
-    """A FETCH response for a message another session expunged and this one
-    has not been told of yet (RFC 2180 4.1.3): the UID it knows, \\Deleted,
-    NIL for what was in the message."""
-    out = []
-    names = {item.name for item in items}
-    if uid_first and "UID" not in names:
-        out.append(b"UID %d" % uid)
-    for item in items:
-        name = item.name
-        if name == "FLAGS":
-            out.append(b"FLAGS (\\Deleted)")
-        elif name == "UID":
-            out.append(b"UID %d" % uid)
-        elif name == "INTERNALDATE":
-            out.append(b'INTERNALDATE "01-Jan-1970 00:00:00 +0000"')
-        elif name == "RFC822.SIZE":
-            out.append(b"RFC822.SIZE 0")
-        elif name == "MODSEQ":
-            out.append(b"MODSEQ (1)")
-        elif name == "ENVELOPE":
-            out.append(b"ENVELOPE " + envelope(None))
-        elif name in ("BODYSTRUCTURE", "BODY"):
-            out.append(item.label + b' ("text" "plain" NIL NIL NIL "7bit" 0 0)')
+def _field(item: Item, record, parsed: dict, sections):
+    """One data item of a message: bytes, or a literal as (prefix, data)."""
+    name = item.name
+    if name == "FLAGS":
+        return b"FLAGS " + flag_list(record.flags)
+    if name == "UID":
+        return b"UID %d" % record.uid
+    if name == "INTERNALDATE":
+        return b'INTERNALDATE "' + internal_date(record.internal_date).encode() + b'"'
+    if name == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % record.size
+    if name == "MODSEQ":
+        return b"MODSEQ (%d)" % record.modseq
+    if name == "ENVELOPE":
+        return b"ENVELOPE " + envelope(parsed.get("envelope"))
+    if name in ("BODYSTRUCTURE", "BODY"):
+        body = parsed.get("body")
+        if body is None:
+            body = {"type": "text", "subtype": "plain", "params": [], "id": None, "description": None,
+                    "encoding": "7bit", "header_start": 0, "body_start": 0, "end": record.size,
+                    "lines": 0, "md5": None, "disposition": None, "language": None, "location": None}
+        return item.label + b" " + structure(body, name == "BODYSTRUCTURE")
+    data = sections[item]
+    if data is None:
+        return item.label + b" NIL"
+    return item.label + b" {%d}\r\n" % len(data), data
+
+
+def _expunged_field(item: Item, uid: int) -> bytes:
+    name = item.name
+    if name == "FLAGS":
+        return b"FLAGS (\\Deleted)"
+    if name == "UID":
+        return b"UID %d" % uid
+    if name == "INTERNALDATE":
+        return b'INTERNALDATE "01-Jan-1970 00:00:00 +0000"'
+    if name == "RFC822.SIZE":
+        return b"RFC822.SIZE 0"
+    if name == "MODSEQ":
+        return b"MODSEQ (1)"
+    if name == "ENVELOPE":
+        return b"ENVELOPE " + envelope(None)
+    if name in ("BODYSTRUCTURE", "BODY"):
+        return item.label + b' ("text" "plain" NIL NIL NIL "7bit" 0 0)'
+    return item.label + b" NIL"
+
+
+def _response(seq: int, fields) -> bytes:
+    """`* seq FETCH (fields)` and CRLF, joined in one piece: the data of a
+    literal field (a message can be megabytes) is copied once, not once per
+    concatenation."""
+    parts = [b"* %d FETCH (" % seq]
+    for field in fields:
+        if isinstance(field, tuple):
+            parts += field
         else:
-            out.append(item.label + b" NIL")
-    return b"* %d FETCH (" % seq + b" ".join(out) + b")"
+            parts.append(field)
+        parts.append(b" ")
+    parts[-1] = b")\r\n"
+    return b"".join(parts)

@@ -7,7 +7,9 @@ flag changes and, where RFC 3501 allows, EXPUNGE (VANISHED with QRESYNC).
 """
 from __future__ import annotations
 
-from emailsvc.imap.fetch import expunged_line, parse_items, read_sections, render_items
+from itertools import islice
+
+from emailsvc.imap.fetch import Renderer, parse_items, read_sections
 from emailsvc.imap.mailboxes import parse_flags
 from emailsvc.imap.message import Message
 from emailsvc.imap.search import SearchParser, check_charset, parse_charset, parse_sort_keys, resolve_headers
@@ -175,9 +177,9 @@ class SelectedCommands:
         fields = sorted(needs - {"blob"}) if needs else None
         streaming = "blob" in needs
         sets_seen = not view.readonly and any(item.sets_seen for item in items)
-        modseq = "CONDSTORE" in self.enabled
+        renderer = Renderer(items, uid_first=uid, modseq="CONDSTORE" in self.enabled)
         # Messages expunged by others but still numbered here are answered
-        # too, from what the session knows (see expunged_line).
+        # too, from what the session knows (see Renderer.expunged_line).
         pairs = view.pairs(spans, with_gone=True)
         # The transport tells (pauseProducing) when its buffer is full: FETCH
         # waits instead of buffering the whole answer.
@@ -186,7 +188,7 @@ class SelectedCommands:
             while True:
                 # One page of records (and parsed fields) at a time: memory
                 # does not grow with the mailbox or the set.
-                page = [pair for _, pair in zip(range(_PAGE if not streaming else _BATCH), pairs)]
+                page = list(islice(pairs, _BATCH if streaming else _PAGE))
                 if not page:
                     break
                 rows = await view.mail.message_page(view.id, [u for _, u in page], fields)
@@ -210,19 +212,19 @@ class SelectedCommands:
                     if u not in found:
                         # Expunged by another session, not announced yet: the
                         # session knows only its UID, the rest is NIL (RFC 2180 4.1.3).
-                        lines.append(expunged_line(seq, u, items, uid_first=uid) + CRLF)
+                        lines.append(renderer.expunged_line(seq, u))
                         continue
                     record, blob_key, values = found[u]
-                    message = Message(record, self.account.blobs, blob_key, values)
-                    sections = await read_sections(message, items) if streaming else None
+                    if not streaming:
+                        lines.append(renderer.line(record, values, seq, flags_changed=u in seen))
+                        continue
+                    sections = await read_sections(Message(record, self.account.blobs, blob_key, values), items)
                     if self.closed or self.view is not view:
                         return
-                    lines.append(render_items(message, items, seq, uid_first=uid, modseq=modseq,
-                                              flags_changed=u in seen, sections=sections) + CRLF)
-                    if streaming:
-                        self.write(b"".join(lines))
-                        lines = []
-                        await self.writable()
+                    lines.append(renderer.line(record, values, seq, flags_changed=u in seen, sections=sections))
+                    self.write(b"".join(lines))
+                    lines = []
+                    await self.writable()
                 if lines:
                     self.write(b"".join(lines))
                 if not streaming:

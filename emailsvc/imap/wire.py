@@ -264,6 +264,9 @@ class Raw(bytes):
 def string(value) -> bytes:
     """A string for a response: quoted when it is short 7-bit text, else a literal."""
     if isinstance(value, str):
+        # For ASCII text, isprintable() is the test below, without encoding first.
+        if len(value) < 1024 and value.isascii() and value.isprintable():
+            return b'"' + value.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
         value = value.encode("utf-8", "replace")
     if len(value) < 1024 and _NOT_QUOTABLE.search(value) is None:
         return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'

@@ -3,7 +3,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from emailsvc.imap.fetch import (
-    Section, envelope, parse_items, read_sections, render_items, section_range, structure,
+    Renderer, Section, envelope, parse_items, read_sections, section_range, structure,
 )
 from emailsvc.imap.message import Message, filter_fields
 from emailsvc.imap.wire import Atom, Bad, tokenize
@@ -124,11 +124,12 @@ class RenderTests(unittest.TestCase):
         parsed = parse_message(raw)
         message = Message(record(len(raw)), blobs, "key", {"body": parsed["body"], "envelope": parsed["envelope"]})
         items = parse_items(tokenize(text, [])[0])
-        options.setdefault("uid_first", False)
-        options.setdefault("modseq", False)
-        options.setdefault("flags_changed", False)
+        renderer = Renderer(items, uid_first=options.get("uid_first", False), modseq=options.get("modseq", False))
         sections = yield defer.ensureDeferred(read_sections(message, items))
-        return render_items(message, items, 4, sections=sections, **options), blobs.reads
+        line = renderer.line(message.record, message.parsed, 4, sections=sections,
+                             flags_changed=options.get("flags_changed", False))
+        self.assertTrue(line.endswith(b"\r\n"))
+        return line[:-2], blobs.reads
 
     @defer.inlineCallbacks
     def test_partial_reads_only_the_range(self):
@@ -156,3 +157,13 @@ class RenderTests(unittest.TestCase):
         self.assertEqual(line, b"* 4 FETCH (RFC822.SIZE %d FLAGS (\\Seen))" % len(NESTED))
         line, _ = yield self.fetch(b"(INTERNALDATE MODSEQ)")
         self.assertEqual(line, b'* 4 FETCH (INTERNALDATE "01-Jan-1970 00:00:00 +0000" MODSEQ (9))')
+
+    def test_expunged_line(self):
+        items = parse_items(tokenize(b"(FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODY BODY.PEEK[1] MODSEQ)", [])[0])
+        line = Renderer(items, uid_first=True, modseq=True).expunged_line(3, 12)
+        self.assertEqual(line, b'* 3 FETCH (UID 12 FLAGS (\\Deleted) INTERNALDATE "01-Jan-1970 00:00:00 +0000"'
+                               b" RFC822.SIZE 0 ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+                               b' BODY ("text" "plain" NIL NIL NIL "7bit" 0 0) BODY[1] NIL MODSEQ (1))\r\n')
+        uid_items = parse_items(tokenize(b"(UID)", [])[0])
+        self.assertEqual(Renderer(uid_items, uid_first=True, modseq=True).expunged_line(1, 5),
+                         b"* 1 FETCH (UID 5)\r\n")

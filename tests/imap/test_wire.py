@@ -76,4 +76,9 @@ class FormattingTests(unittest.SynchronousTestCase):
         self.assertEqual(string('a "b" \\c'), b'"a \\"b\\" \\\\c"')
         self.assertEqual(string("Grüße"), b"{7}\r\nGr\xc3\xbc\xc3\x9fe")
         self.assertEqual(string(b"two\r\nlines"), b"{10}\r\ntwo\r\nlines")
+        # Text and bytes take different paths to the same answer.
+        for value in ["tab\there", "del\x7f", "x" * 1023, "x" * 1024, 'q"\\' * 400, ""]:
+            self.assertEqual(string(value), string(value.encode()), value)
+        self.assertEqual(string("tab\there"), b"{8}\r\ntab\there")
+        self.assertEqual(string("x" * 1024), b"{1024}\r\n" + b"x" * 1024)
         self.assertEqual(render([None, 3, "x", ["y"]]), b'(NIL 3 "x" ("y"))')
