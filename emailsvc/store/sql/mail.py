@@ -84,10 +84,7 @@ def _flag_set(bits: int, keywords: str) -> frozenset[str]:
 
 
 def _record(row) -> MessageRecord:
-    return MessageRecord(
-        mailbox_id=row[0], uid=row[1], modseq=row[2], flags=_flag_set(row[3], row[4]),
-        internal_date=row[5], size=row[6], content_id=row[7],
-    )
+    return MessageRecord(row[0], row[1], row[2], _flag_set(row[3], row[4]), row[5], row[6], row[7])
 
 
 def _mailbox(row) -> Mailbox | None:
