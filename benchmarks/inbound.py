@@ -6,8 +6,9 @@ recipient.  The clock runs from just before the first connect until every
 message is durably in its mailbox:
 
 - emailsvc: the real `twistd -n emailsvc` on the embedded store (SQLite +
-  files); it answers 250 only after the blob is fsynced and the SQL
-  transaction committed, and the INBOX row count is checked afterwards;
+  files); it answers 250 only after the SQL transaction that holds the
+  message (one of up to store.inline_max bytes, as these are) is committed,
+  and the INBOX row count is checked afterwards;
 - Postfix: a throwaway instance (own config, queue and data directories under
   a temporary directory) delivering to a virtual Maildir; done when
   Maildir/new holds N files;
@@ -82,7 +83,7 @@ class EmailsvcServer:
         self.profile = profile
         self.checks = checks
         self.workers = workers
-        self.detail = (f"embedded store (SQLite WAL synchronous=FULL, blob files synced), {workers} worker"
+        self.detail = (f"embedded store (SQLite WAL synchronous=FULL, messages inline), {workers} worker"
                        f" processes (server.workers), no inbound checks")
         self.stack = contextlib.ExitStack()
         self.server = None
