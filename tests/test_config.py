@@ -64,6 +64,11 @@ class ProblemTests(unittest.SynchronousTestCase):
         self.assertEqual(self.problems("server = 3\n"), ["server: must be a table"])
         self.assertEqual(parse("[server]\nshutdown_timeout = 5\n").server.shutdown_timeout, 5.0)
 
+    def test_inline_max_bounded(self):
+        self.assertEqual(self.problems("[store]\ninline_max = 2097152\n"),
+                         ["store.inline_max: must be from 0 to 1048576, not 2097152"])
+        self.assertEqual(parse("[store]\ninline_max = 0\n").store.inline_max, 0)
+
     def test_listeners(self):
         problems = self.problems(
             '[listeners.a]\nprotocol = "https"\nport = 8443\n'
