@@ -83,8 +83,14 @@ def make_resolver(dns_config, reactor, config_path: str = "configuration"):
 
 class CachingResolver:
     """`query()` answers from memory while an answer's TTL (at most
-    `max_ttl`) lasts, else asks `upstream` and keeps what it answered with
-    records, up to `max_entries` answers.
+    `max_ttl`) lasts, else asks `upstream` and keeps what it answered, up to
+    `max_entries` answers.
+
+    "No such name" and "no data" answers are kept too, for the negative TTL
+    of the SOA record the server sent with them (RFC 2308: the lower of the
+    record's TTL and its MINIMUM field); one without an SOA is not kept.
+    Most DNS blocklist lookups and many _dmarc lookups are negative, and
+    each would otherwise go to the network for every message.
 
     twisted.names.client.createResolver chains a CacheResolver that nothing
     ever fills, so every lookup went to the network.  Entries expire when
@@ -96,18 +102,35 @@ class CachingResolver:
         self._clock = clock
         self._max_ttl = max_ttl
         self._max_entries = max_entries
-        self._entries: dict[dns.Query, tuple[float, tuple]] = {}
+        # query -> (expiry, the (answers, authority, additional) or the DNSNameError)
+        self._entries: dict[dns.Query, tuple[float, object]] = {}
 
     def query(self, query, timeout=None):
         entry = self._entries.get(query)
         if entry is not None:
             if entry[0] > self._clock.seconds():
-                return defer.succeed(entry[1])
+                kept = entry[1]
+                return defer.fail(kept) if isinstance(kept, error.DNSNameError) else defer.succeed(kept)
             del self._entries[query]
-        return self.upstream.query(query, timeout).addCallback(self._keep, query)
+        return self.upstream.query(query, timeout).addCallbacks(
+            self._keep, self._keep_no_such_name, callbackArgs=(query,), errbackArgs=(query,))
 
     def _keep(self, result, query):
-        ttl = min((record.ttl for section in result for record in section), default=0)
+        answers, authority, _ = result
+        if answers:
+            ttl = min(record.ttl for section in result for record in section)
+        else:
+            ttl = _negative_ttl(authority)
+        self._remember(query, result, ttl)
+        return result
+
+    def _keep_no_such_name(self, failure, query):
+        if failure.check(error.DNSNameError):
+            message = failure.value.args[0] if failure.value.args else None
+            self._remember(query, failure.value, _negative_ttl(getattr(message, "authority", ())))
+        return failure
+
+    def _remember(self, query, result, ttl):
         ttl = min(ttl, self._max_ttl)
         if ttl > 0:
             now = self._clock.seconds()
@@ -115,7 +138,12 @@ class CachingResolver:
                 self._entries = {key: entry for key, entry in self._entries.items() if entry[0] > now}
             if len(self._entries) < self._max_entries:
                 self._entries[query] = (now + ttl, result)
-        return result
+
+
+def _negative_ttl(authority) -> float:
+    """How long a negative answer may be kept: from its SOA record, else 0."""
+    return min((min(record.ttl, record.payload.minimum) for record in authority if record.type == dns.SOA),
+               default=0)
 
 
 def close_resolver(resolver) -> None:

@@ -9,7 +9,8 @@
     resolver = make_resolver(DNSConfig(nameservers=[server.nameserver]), reactor)
 
 Names not present answer NXDOMAIN; names present without the asked type
-answer NOERROR with no data.  `queries` records every (name, type) asked,
+answer NOERROR with no data.  After `server.soa(ttl, minimum)` both carry
+an SOA record in their authority section, as real servers' do (RFC 2308).  `queries` records every (name, type) asked,
 so tests can prove lookups went over the wire.  Answers larger than 512
 bytes are sent truncated (TC) over UDP, so clients must retry over TCP.
 """
@@ -36,7 +37,13 @@ class FakeAuthority(ResolverBase):
         self.failing: set[str] = set()
         self.silent: set[str] = set()
         self.queries: list[tuple[str, str]] = []
+        self.soa: dns.RRHeader | None = None
         self._hanging: list[defer.Deferred] = []
+
+    @property
+    def negative_authority(self) -> list[dns.RRHeader]:
+        """The authority section of a negative answer."""
+        return [self.soa] if self.soa is not None else []
 
     def add(self, name: str, record, ttl: int = 60):
         key = name.lower().rstrip(".")
@@ -61,7 +68,7 @@ class FakeAuthority(ResolverBase):
                 answers = list(aliases)
                 target = aliases[0].payload.name.name.decode("ascii").lower()
                 answers += [record for record in self.records.get(target, ()) if record.type == type]
-        return defer.succeed((answers, [], []))
+        return defer.succeed((answers, [] if answers else self.negative_authority, []))
 
 
 class _Factory(server.DNSServerFactory):
@@ -70,9 +77,12 @@ class _Factory(server.DNSServerFactory):
     def gotResolverError(self, failure, protocol, message, address):
         if failure.check(_ServerFailure):
             response = self._responseFromMessage(message=message, rCode=dns.ESERVER)
-            self.sendReply(protocol, response, address)
-            return
-        return super().gotResolverError(failure, protocol, message, address)
+        elif failure.check(DomainError):
+            response = self._responseFromMessage(message=message, rCode=dns.ENAME,
+                                                 authority=self.fake.negative_authority)
+        else:
+            return super().gotResolverError(failure, protocol, message, address)
+        self.sendReply(protocol, response, address)
 
     def sendReply(self, protocol, message, address):
         if address is not None and len(message.toStr()) > 512:
@@ -97,6 +107,7 @@ class FakeDNSServer:
         self.reactor = reactor
         self.authority = FakeAuthority()
         self.factory = _Factory(authorities=[self.authority])
+        self.factory.fake = self.authority
         self.factory.noisy = False
         self.factory.idle = []
         self.udp = self.tcp = None
@@ -168,6 +179,11 @@ class FakeDNSServer:
 
     def cname(self, name: str, target: str):
         self.authority.add(name, dns.Record_CNAME(target))
+
+    def soa(self, ttl: int, minimum: int):
+        """Send an SOA record of `ttl` and MINIMUM `minimum` with negative answers."""
+        record = dns.Record_SOA(mname="ns.test", rname="hostmaster.test", minimum=minimum)
+        self.authority.soa = dns.RRHeader(name="test", type=dns.SOA, cls=dns.IN, ttl=ttl, payload=record, auth=True)
 
     def servfail(self, name: str):
         """Answer SERVFAIL for every query of `name`."""

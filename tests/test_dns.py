@@ -145,6 +145,35 @@ class CacheTests(DNSTestCase, unittest.TestCase):
         self.assertEqual(self.asked("missing.example"), 2)
 
     @defer.inlineCallbacks
+    def test_negative_answers_are_kept_for_their_soa_negative_ttl(self):
+        self.dns.soa(ttl=3600, minimum=60)
+        self.dns.txt("present.example", "v=spf1 -all")
+        for _ in range(3):
+            self.assertEqual((yield dns.lookup_a(self.cached, "missing.example")), [])  # no such name
+            self.assertEqual((yield dns.lookup_a(self.cached, "present.example")), [])  # no data
+        self.assertEqual((self.asked("missing.example"), self.asked("present.example")), (1, 1))
+        self.clock.advance(61)
+        yield dns.lookup_a(self.cached, "missing.example")
+        yield dns.lookup_a(self.cached, "present.example")
+        self.assertEqual((self.asked("missing.example"), self.asked("present.example")), (2, 2))
+
+    @defer.inlineCallbacks
+    def test_negative_ttl_is_the_lower_of_soa_ttl_and_minimum_and_capped(self):
+        self.dns.soa(ttl=20, minimum=3600)
+        yield dns.lookup_a(self.cached, "missing.example")
+        self.clock.advance(19)
+        yield dns.lookup_a(self.cached, "missing.example")
+        self.clock.advance(2)
+        yield dns.lookup_a(self.cached, "missing.example")
+        self.assertEqual(self.asked("missing.example"), 2)
+        self.dns.soa(ttl=86400, minimum=86400)
+        self.clock.advance(100)
+        yield dns.lookup_a(self.cached, "gone.example")
+        self.clock.advance(301)  # max_ttl
+        yield dns.lookup_a(self.cached, "gone.example")
+        self.assertEqual(self.asked("gone.example"), 2)
+
+    @defer.inlineCallbacks
     def test_a_full_cache_drops_expired_entries_then_keeps_no_more(self):
         for name, ttl in (("one.example", 10), ("two.example", 100), ("three.example", 100)):
             self.dns.authority.add(name, dnsproto.Record_A("192.0.2.3"), ttl=ttl)
