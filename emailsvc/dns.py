@@ -102,7 +102,8 @@ class CachingResolver:
         self._clock = clock
         self._max_ttl = max_ttl
         self._max_entries = max_entries
-        # query -> (expiry, the (answers, authority, additional) or the DNSNameError)
+        # query -> (expiry, the (answers, authority, additional), or the
+        # dns.Message of a "no such name" answer)
         self._entries: dict[dns.Query, tuple[float, object]] = {}
 
     def query(self, query, timeout=None):
@@ -110,7 +111,9 @@ class CachingResolver:
         if entry is not None:
             if entry[0] > self._clock.seconds():
                 kept = entry[1]
-                return defer.fail(kept) if isinstance(kept, error.DNSNameError) else defer.succeed(kept)
+                if isinstance(kept, dns.Message):  # no such name: a new error each time
+                    return defer.fail(error.DNSNameError(kept))
+                return defer.succeed(kept)
             del self._entries[query]
         return self.upstream.query(query, timeout).addCallbacks(
             self._keep, self._keep_no_such_name, callbackArgs=(query,), errbackArgs=(query,))
@@ -127,7 +130,8 @@ class CachingResolver:
     def _keep_no_such_name(self, failure, query):
         if failure.check(error.DNSNameError):
             message = failure.value.args[0] if failure.value.args else None
-            self._remember(query, failure.value, _negative_ttl(getattr(message, "authority", ())))
+            if isinstance(message, dns.Message):
+                self._remember(query, message, _negative_ttl(message.authority))
         return failure
 
     def _remember(self, query, result, ttl):

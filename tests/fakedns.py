@@ -10,9 +10,10 @@
 
 Names not present answer NXDOMAIN; names present without the asked type
 answer NOERROR with no data.  After `server.soa(ttl, minimum)` both carry
-an SOA record in their authority section, as real servers' do (RFC 2308).  `queries` records every (name, type) asked,
-so tests can prove lookups went over the wire.  Answers larger than 512
-bytes are sent truncated (TC) over UDP, so clients must retry over TCP.
+an SOA record in their authority section, as real servers' do (RFC 2308).
+`queries` records every (name, type) asked, so tests can prove lookups went
+over the wire.  Answers larger than 512 bytes are sent truncated (TC) over
+UDP, so clients must retry over TCP.
 """
 from __future__ import annotations
 

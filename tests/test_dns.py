@@ -3,6 +3,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.names import client
 from twisted.names import dns as dnsproto
+from twisted.names import error
 from twisted.trial import unittest
 
 from emailsvc import dns
@@ -156,6 +157,26 @@ class CacheTests(DNSTestCase, unittest.TestCase):
         yield dns.lookup_a(self.cached, "missing.example")
         yield dns.lookup_a(self.cached, "present.example")
         self.assertEqual((self.asked("missing.example"), self.asked("present.example")), (2, 2))
+
+    @defer.inlineCallbacks
+    def test_each_hit_on_a_kept_no_such_name_fails_afresh(self):
+        self.dns.soa(ttl=3600, minimum=60)
+        errors = []
+        for _ in range(3):
+            query = dnsproto.Query(b"missing.example", dnsproto.A)
+            errors.append((yield self.assertFailure(self.cached.query(query), error.DNSNameError)))
+        self.assertEqual(self.asked("missing.example"), 1)
+        self.assertEqual(len({id(failure) for failure in errors}), 3)
+        self.assertTrue(all(failure.args[0].rCode == dnsproto.ENAME for failure in errors))
+
+    @defer.inlineCallbacks
+    def test_server_failures_are_not_kept(self):
+        self.dns.soa(ttl=3600, minimum=60)
+        self.dns.servfail("broken.example")
+        for _ in range(2):
+            with self.assertRaises(dns.DNSTemporaryError):
+                yield dns.lookup_a(self.cached, "broken.example")
+        self.assertEqual(self.asked("broken.example"), 2)
 
     @defer.inlineCallbacks
     def test_negative_ttl_is_the_lower_of_soa_ttl_and_minimum_and_capped(self):
