@@ -284,10 +284,13 @@ class StoreConformance:
         self.assertEqual((yield self.mail.read_inline("inline-1", 20)), raw[20:])
         self.assertEqual((yield self.mail.read_inline("inline-1", len(raw) + 5, 3)), b"")
         yield self.assertFailure(self.mail.read_inline("inline-2"), BlobNotFound)
+        (empty,) = yield self.mail.deliver([(box.id, ())], Content("inline-3", 0), data=b"")
+        self.assertEqual((yield self.mail.read_inline("inline-3")), b"")
+        self.assertEqual((yield self.mail.read_inline("inline-3", 0, 5)), b"")
         # The bytes go with their content once no message uses it.
-        yield self.mail.store_flags(box.id, [record.uid], ["\\Deleted"], "add")
+        yield self.mail.store_flags(box.id, [record.uid, empty.uid], ["\\Deleted"], "add")
         yield self.mail.expunge(box.id)
-        self.assertEqual((yield self.mail.collect_garbage(self.blobs, grace=-60)), 1)
+        self.assertEqual((yield self.mail.collect_garbage(self.blobs, grace=-60)), 2)
         yield self.assertFailure(self.mail.read_inline("inline-1"), BlobNotFound)
 
     @defer.inlineCallbacks

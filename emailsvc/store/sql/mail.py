@@ -414,7 +414,7 @@ class SQLMailStore:
                                          (offset + 1, length, blob_key)).fetchone()
             if row is None:
                 raise BlobNotFound(f"no inline message {blob_key}")
-            return row[0]
+            return row[0] or b""  # substr() of an empty blob is NULL
 
         return self._db.read_now(query)
 
