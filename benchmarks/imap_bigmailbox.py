@@ -30,10 +30,11 @@ from twisted.python.failure import Failure  # noqa: E402
 
 import harness  # noqa: E402
 from emailsvc import tls  # noqa: E402
-from emailsvc.config import TLSConfig  # noqa: E402
+from emailsvc.config import StoreConfig, TLSConfig  # noqa: E402
 from emailsvc.cred.throttle import AuthThrottle  # noqa: E402
 from emailsvc.imap.factory import make_factory  # noqa: E402
 from emailsvc.store.fsblobs import FilesystemBlobStore  # noqa: E402
+from emailsvc.store.inline import InlineBlobStore  # noqa: E402
 from emailsvc.store.sql.backend import SQLiteBackend  # noqa: E402
 from tests.imap.bigmailbox import fill, probe  # noqa: E402
 
@@ -43,7 +44,8 @@ USER, PASSWORD = "alice@example.test", "bench-password"
 @defer.inlineCallbacks
 def run(reactor, options, root):
     metadata = SQLiteBackend(os.path.join(root, "meta.sqlite3"), reactor)
-    blobs = FilesystemBlobStore(os.path.join(root, "blobs"), reactor)
+    blobs = InlineBlobStore(metadata.mail, FilesystemBlobStore(os.path.join(root, "blobs"), reactor),
+                            StoreConfig.inline_max, reactor)
     yield metadata.start()
     try:
         yield blobs.start()

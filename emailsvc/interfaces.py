@@ -144,20 +144,13 @@ class IMailStore(Interface):
     def set_subscribed(user_id, name, subscribed):
         """@return: Deferred."""
 
-    def deliver(deliveries, content, internal_date=None, data=None):
-        """Add one content to many mailboxes atomically.
+    def deliver(deliveries, content, internal_date=None):
+        """Add one content, stored in the blob store under `content.blob_key`
+        already, to many mailboxes atomically.
 
         @param deliveries: a list of (mailbox_id, flags) pairs.
         @param internal_date: seconds since the epoch; now when None.
-        @param data: the message's bytes, kept in this store and committed
-            with the rows (see emailsvc.store.inline); None when they were
-            stored in the blob store under `content.blob_key` already.
         @return: Deferred firing with the list of `MessageRecord`s.
-        """
-
-    def read_inline(blob_key, offset=0, length=None):
-        """Bytes `[offset, offset+length)` (all when None) of a message
-        delivered with `data`. @return: Deferred; fails with BlobNotFound.
         """
 
     def list_messages(mailbox_id, uids=None):
@@ -189,7 +182,10 @@ class IMailStore(Interface):
 
     def collect_garbage(blobs, grace):
         """Delete unreferenced contents, then blobs older than `grace` seconds
-        that nothing references. @return: Deferred firing with the number of blobs removed.
+        that nothing references.  `blobs` is the InlineBlobStore, which
+        ignores the keys of inline contents (their bytes went with them).
+
+        @return: Deferred firing with the number of contents and orphan blobs removed.
         """
 
     notifier = Attribute(
@@ -251,6 +247,21 @@ class IMailStore(Interface):
 
     def list_feedback(user_id):
         """@return: Deferred firing with the user's (content_id, verdict, time) in order."""
+
+
+class IInlineMailStore(IMailStore):
+    """A mail store that can also keep the bytes of small messages, committed
+    with their rows (see emailsvc.store.inline); with any other, every
+    message goes to the blob store."""
+
+    def deliver(deliveries, content, internal_date=None, data=None):
+        """As IMailStore.deliver; with `data`, the message's bytes are kept
+        here, in the same transaction, under `content.blob_key`."""
+
+    def read_inline(blob_key, offset=0, length=None):
+        """Bytes `[offset, offset+length)` (all when None) of a message
+        delivered with `data`. @return: Deferred; fails with BlobNotFound.
+        """
 
 
 class IMetadataBackend(Interface):

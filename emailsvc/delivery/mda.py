@@ -17,7 +17,8 @@ JUNK = "\\Junk"
 
 
 class MDA:
-    """Delivers messages into mailboxes through IMailStore and IBlobStore."""
+    """Delivers messages into mailboxes through an IMailStore (`mail`) and
+    the InlineBlobStore (`blobs`, emailsvc.store.inline) that saves them."""
 
     log = Logger()
 

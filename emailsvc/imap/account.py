@@ -64,15 +64,15 @@ def pattern_regex(pattern: str) -> re.Pattern:
 
 @implementer(imap4.IAccount, imap4.INamespacePresenter)
 class Account:
-    """A user's view of the mail store for IMAP."""
+    """A user's view of the mail store for IMAP; `blobs` is the
+    InlineBlobStore (emailsvc.store.inline), through which APPEND saves."""
 
-    def __init__(self, user, store, blobs, max_message_size: int, clock):
+    def __init__(self, user, store, blobs, max_message_size: int):
         self.user = user
         self.user_id = user.id
         self.store = store
         self.blobs = blobs
         self.max_message_size = max_message_size
-        self.clock = clock
 
     # Listing
 

@@ -56,7 +56,7 @@ class IMAPFactory(protocol.ServerFactory):
             self.connections_per_ip.pop(host, None)
 
 
-def account_factory(directory, mail, blobs, max_message_size, clock):
+def account_factory(directory, mail, blobs, max_message_size):
     """The realm's IAccount factory: user id -> Deferred `Account`."""
 
     @defer.inlineCallbacks
@@ -66,7 +66,7 @@ def account_factory(directory, mail, blobs, max_message_size, clock):
             from twisted.cred.error import UnauthorizedLogin
 
             raise UnauthorizedLogin("Authentication failed")
-        return Account(user, mail, blobs, max_message_size, clock)
+        return Account(user, mail, blobs, max_message_size)
 
     return make
 
@@ -74,7 +74,7 @@ def account_factory(directory, mail, blobs, max_message_size, clock):
 def make_factory(directory, mail, blobs, throttle, clock, tls_context=None, implicit_tls=False,
                  max_message_size=DEFAULT_MAX_MESSAGE_SIZE) -> IMAPFactory:
     """An IMAPFactory over explicit parts (tests use this directly)."""
-    realm = MailRealm({imap4.IAccount: account_factory(directory, mail, blobs, max_message_size, clock)})
+    realm = MailRealm({imap4.IAccount: account_factory(directory, mail, blobs, max_message_size)})
     checker = DirectoryChecker(directory, throttle, clock)
 
     def portal_for(address):

@@ -4,7 +4,7 @@ A message saved through the blob store is durable only after two syncs in
 a row: the blob store's sync pass, then the SQL commit of its rows.  A
 message of at most `store.inline_max` bytes instead goes into the metadata
 store inside the very transaction that adds its message rows
-(`IMailStore.deliver(..., data=...)`): one commit, which group commit
+(`IInlineMailStore.deliver(..., data=...)`): one commit, which group commit
 shares among every concurrent delivery, makes bytes and rows durable
 together, and no orphan blob can be left behind.  Larger messages, and
 mail queued for sending, go to the configured blob store as before.
@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
-from emailsvc.interfaces import IBlobStore
+from emailsvc.interfaces import IBlobStore, IInlineMailStore
 from emailsvc.store.model import Content
 from emailsvc.store.parse import parse_message
 
@@ -32,12 +32,13 @@ _PARSE_IN_THREAD = 256 * 1024
 
 @implementer(IBlobStore)
 class InlineBlobStore:
-    """Messages of up to `limit` bytes in `mail` (an IMailStore), others in `blobs`."""
+    """Messages of up to `limit` bytes in `mail`, others in `blobs`; every
+    message in `blobs` when `mail` is no IInlineMailStore."""
 
     def __init__(self, mail, blobs, limit: int, reactor):
         self._mail = mail
         self._blobs = blobs
-        self._limit = limit
+        self._limit = limit if IInlineMailStore.providedBy(mail) else 0
         self._reactor = reactor
 
     def start(self):
@@ -74,9 +75,10 @@ class InlineBlobStore:
         else:
             parsed = parse_message(message)
         if 0 < self._limit and len(message) <= self._limit:
-            key, data = INLINE + uuid.uuid4().hex, message
+            content = Content(blob_key=INLINE + uuid.uuid4().hex, size=len(message), parsed=parsed)
+            records = yield self._mail.deliver(targets, content, internal_date, data=message)
         else:
-            key, data = (yield self._blobs.put(message)), None
-        records = yield self._mail.deliver(targets, Content(blob_key=key, size=len(message), parsed=parsed),
-                                           internal_date, data)
+            key = yield self._blobs.put(message)
+            records = yield self._mail.deliver(targets, Content(blob_key=key, size=len(message), parsed=parsed),
+                                               internal_date)
         return records

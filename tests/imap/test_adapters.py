@@ -25,7 +25,7 @@ class AdapterTests(unittest.TestCase):
         self.metadata, self.blobs = yield open_embedded(self)
         self.mail = self.metadata.mail
         yield self.mail.provision_user(1)
-        self.account = Account(User(1, "a@example.test"), self.mail, self.blobs, 1000, reactor)
+        self.account = Account(User(1, "a@example.test"), self.mail, self.blobs, 1000)
 
     @defer.inlineCallbacks
     def view(self, name="INBOX", rw=True):

@@ -10,8 +10,10 @@ from tests.store.test_sqlite import EmbeddedConformanceTests, open_embedded
 
 
 class FsyncConformance(EmbeddedConformanceTests):
+    """The suite with every message in blob files, synced one by one."""
+
     def make_store(self):
-        return open_embedded(self, sync="fsync")
+        return open_embedded(self, inline_max=0, sync="fsync")
 
 
 class Batching(unittest.TestCase):

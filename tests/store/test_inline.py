@@ -1,9 +1,12 @@
 """InlineBlobStore: small messages committed with their rows, the rest as blobs."""
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
-from emailsvc.errors import BlobNotFound
-from emailsvc.store.inline import INLINE
+from emailsvc.errors import BlobNotFound, NotFound
+from emailsvc.interfaces import IBlobStore, IInlineMailStore
+from emailsvc.store.fsblobs import FilesystemBlobStore
+from emailsvc.store.inline import INLINE, InlineBlobStore
 from tests.store.test_sqlite import open_embedded
 
 SMALL = b"Subject: small\r\n\r\nshort body\r\n"
@@ -29,6 +32,27 @@ class InlineBlobStoreTests(unittest.TestCase):
         return self.blobs.keys_older_than(reactor.seconds() + 60)
 
     @defer.inlineCallbacks
+    def test_interfaces(self):
+        yield self.open(inline_max=100)
+        self.assertTrue(verifyObject(IInlineMailStore, self.mail))
+        self.assertTrue(verifyObject(IBlobStore, self.blobs))
+        self.assertTrue(verifyObject(IBlobStore, FilesystemBlobStore(self.mktemp(), reactor)))
+
+    @defer.inlineCallbacks
+    def test_a_store_that_cannot_keep_bytes_gets_every_message_as_a_blob(self):
+        yield self.open(inline_max=100)
+        deliveries = []
+
+        class PlainMailStore:  # an IMailStore, not an IInlineMailStore
+            def deliver(self, targets, content, internal_date=None):
+                deliveries.append(content.blob_key)
+                return defer.succeed([])
+
+        plain = InlineBlobStore(PlainMailStore(), self.blobs, 100, reactor)
+        yield plain.save([(self.inbox.id, ())], SMALL)
+        self.assertEqual((yield self.files()), deliveries)
+
+    @defer.inlineCallbacks
     def test_small_message_is_kept_with_its_rows(self):
         yield self.open(inline_max=100)
         record, content = yield self.save(SMALL, ["\\Seen"], internal_date=1_000_000)
@@ -38,6 +62,14 @@ class InlineBlobStoreTests(unittest.TestCase):
         self.assertEqual((yield self.blobs.get(content.blob_key)), SMALL)
         self.assertEqual((yield self.blobs.get(content.blob_key, 9, 5)), b"small")
         self.assertEqual((yield self.files()), [])
+
+    @defer.inlineCallbacks
+    def test_a_message_of_the_limit_is_kept_one_byte_more_is_not(self):
+        yield self.open(inline_max=len(SMALL))
+        _, kept = yield self.save(SMALL)
+        _, blob = yield self.save(SMALL + b"!")
+        self.assertTrue(kept.blob_key.startswith(INLINE))
+        self.assertEqual((yield self.files()), [blob.blob_key])
 
     @defer.inlineCallbacks
     def test_larger_message_goes_to_the_blob_store(self):
@@ -79,5 +111,5 @@ class InlineBlobStoreTests(unittest.TestCase):
         yield self.open(inline_max=100)
         self.inbox = yield self.mail.create_mailbox(1, "Doomed")
         yield self.mail.delete_mailbox(1, "Doomed")
-        yield self.assertFailure(self.save(SMALL), Exception)
+        yield self.assertFailure(self.save(SMALL), NotFound)
         self.assertEqual((yield self.mail.collect_garbage(self.blobs, grace=-60)), 0)

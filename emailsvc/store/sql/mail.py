@@ -14,7 +14,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from emailsvc.errors import AlreadyExists, BlobNotFound, InvalidName, NotFound
-from emailsvc.interfaces import IMailStore
+from emailsvc.interfaces import IInlineMailStore
 from emailsvc.store.model import Content, Mailbox, MessageRecord
 from emailsvc.store.notify import Notifier
 from emailsvc.store.sql.search import INDEXED_HEADERS, begin_search, compile_search
@@ -135,7 +135,7 @@ def _placeholders(items) -> str:
     return ", ".join("?" * len(items))
 
 
-@implementer(IMailStore)
+@implementer(IInlineMailStore)
 class SQLMailStore:
     """IMailStore over a database engine (SQLiteDatabase or PostgreSQL)."""
 
