@@ -72,6 +72,16 @@ class InlineBlobStoreTests(unittest.TestCase):
         self.assertEqual((yield self.files()), [blob.blob_key])
 
     @defer.inlineCallbacks
+    def test_a_message_parsed_in_a_thread_is_kept_too(self):
+        yield self.open(inline_max=1024 * 1024)
+        big = b"Subject: big\r\n\r\n" + (b"z" * 78 + b"\r\n") * 4000
+        self.assertGreater(len(big), 256 * 1024)  # emailsvc.store.inline parses it in a thread
+        _, content = yield self.save(big)
+        self.assertEqual((content.blob_key[:len(INLINE)], content.parsed["subject"]), (INLINE, "big"))
+        self.assertEqual((yield self.blobs.get(content.blob_key)), big)
+        self.assertEqual((yield self.files()), [])
+
+    @defer.inlineCallbacks
     def test_larger_message_goes_to_the_blob_store(self):
         yield self.open(inline_max=100)
         _, content = yield self.save(LARGE)
