@@ -83,8 +83,9 @@ def make_resolver(dns_config, reactor, config_path: str = "configuration"):
 
 class CachingResolver:
     """`query()` answers from memory while an answer's TTL (at most
-    `max_ttl`) lasts, else asks `upstream` and keeps what it answered, up to
-    `max_entries` answers.
+    `max_ttl`) lasts, else asks `upstream` and keeps what it answered: up to
+    `max_entries` answers with records, and as many negative ones apart, so
+    a flood of blocklist misses cannot crowd out MX or SPF answers.
 
     "No such name" and "no data" answers are kept too, for the negative TTL
     of the SOA record the server sent with them (RFC 2308: the lower of the
@@ -104,44 +105,47 @@ class CachingResolver:
         self._max_entries = max_entries
         # query -> (expiry, the (answers, authority, additional), or the
         # dns.Message of a "no such name" answer)
-        self._entries: dict[dns.Query, tuple[float, object]] = {}
+        self._positive: dict[dns.Query, tuple[float, object]] = {}
+        self._negative: dict[dns.Query, tuple[float, object]] = {}
 
     def query(self, query, timeout=None):
-        entry = self._entries.get(query)
-        if entry is not None:
+        for entries in (self._positive, self._negative):
+            entry = entries.get(query)
+            if entry is None:
+                continue
             if entry[0] > self._clock.seconds():
                 kept = entry[1]
                 if isinstance(kept, dns.Message):  # no such name: a new error each time
                     return defer.fail(error.DNSNameError(kept))
                 return defer.succeed(kept)
-            del self._entries[query]
+            del entries[query]
         return self.upstream.query(query, timeout).addCallbacks(
             self._keep, self._keep_no_such_name, callbackArgs=(query,), errbackArgs=(query,))
 
     def _keep(self, result, query):
         answers, authority, _ = result
         if answers:
-            ttl = min(record.ttl for section in result for record in section)
+            self._remember(self._positive, query, result, min(record.ttl for section in result for record in section))
         else:
-            ttl = _negative_ttl(authority)
-        self._remember(query, result, ttl)
+            self._remember(self._negative, query, result, _negative_ttl(authority))
         return result
 
     def _keep_no_such_name(self, failure, query):
         if failure.check(error.DNSNameError):
             message = failure.value.args[0] if failure.value.args else None
             if isinstance(message, dns.Message):
-                self._remember(query, message, _negative_ttl(message.authority))
+                self._remember(self._negative, query, message, _negative_ttl(message.authority))
         return failure
 
-    def _remember(self, query, result, ttl):
+    def _remember(self, entries, query, result, ttl):
         ttl = min(ttl, self._max_ttl)
         if ttl > 0:
             now = self._clock.seconds()
-            if len(self._entries) >= self._max_entries:
-                self._entries = {key: entry for key, entry in self._entries.items() if entry[0] > now}
-            if len(self._entries) < self._max_entries:
-                self._entries[query] = (now + ttl, result)
+            if len(entries) >= self._max_entries:
+                for key in [key for key, entry in entries.items() if entry[0] <= now]:
+                    del entries[key]
+            if len(entries) < self._max_entries:
+                entries[query] = (now + ttl, result)
 
 
 def _negative_ttl(authority) -> float:

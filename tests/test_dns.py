@@ -195,6 +195,20 @@ class CacheTests(DNSTestCase, unittest.TestCase):
         self.assertEqual(self.asked("gone.example"), 2)
 
     @defer.inlineCallbacks
+    def test_negative_answers_do_not_crowd_out_positive_ones(self):
+        self.dns.soa(ttl=3600, minimum=60)
+        for name in ("one.example", "two.example"):
+            self.dns.authority.add(name, dnsproto.Record_A("192.0.2.4"), ttl=100)
+        yield dns.lookup_a(self.cached, "one.example")
+        for index in range(3):  # more misses than max_entries (2)
+            yield dns.lookup_a(self.cached, f"miss{index}.example")
+        yield dns.lookup_a(self.cached, "two.example")
+        for name in ("one.example", "two.example", "miss0.example", "miss2.example"):
+            yield dns.lookup_a(self.cached, name)
+        self.assertEqual([self.asked(name) for name in ("one.example", "two.example", "miss0.example",
+                                                          "miss2.example")], [1, 1, 1, 2])
+
+    @defer.inlineCallbacks
     def test_a_full_cache_drops_expired_entries_then_keeps_no_more(self):
         for name, ttl in (("one.example", 10), ("two.example", 100), ("three.example", 100)):
             self.dns.authority.add(name, dnsproto.Record_A("192.0.2.3"), ttl=ttl)
