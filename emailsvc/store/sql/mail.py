@@ -546,7 +546,8 @@ class SQLMailStore:
                 )]
             return _mailbox(row), records, expunged
 
-        return self._db.read_now(query)
+        # Every message of a large mailbox may have changed (STORE 1:*, QRESYNC).
+        return self._by_mailbox_size(mailbox_id, query)
 
     def get_parsed(self, content_ids, fields=()):
         fields = list(fields)
