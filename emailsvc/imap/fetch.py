@@ -275,8 +275,9 @@ class Renderer:
 
     What is the same for every message is worked out once, not per message:
     the items the command adds to those requested (UID first for UID FETCH,
-    MODSEQ with CONDSTORE, FLAGS when the fetch set \\Seen) and whether the
-    responses carry literals.
+    MODSEQ with CONDSTORE), whether FLAGS is requested already (else it is
+    added for a message the fetch set \\Seen) and whether the responses
+    carry literals, that is, read message bytes.
     """
 
     def __init__(self, items, *, uid_first: bool, modseq: bool):

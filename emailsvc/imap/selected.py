@@ -175,9 +175,9 @@ class SelectedCommands:
                 self.untagged(b"VANISHED (EARLIER) " + format_set(wanted))
         needs = set().union(*(item.needs for item in items))
         fields = sorted(needs - {"blob"}) if needs else None
-        streaming = "blob" in needs
-        sets_seen = not view.readonly and any(item.sets_seen for item in items)
         renderer = Renderer(items, uid_first=uid, modseq="CONDSTORE" in self.enabled)
+        streaming = renderer.literals  # the items with literals are those that read message bytes
+        sets_seen = not view.readonly and any(item.sets_seen for item in items)
         # Messages expunged by others but still numbered here are answered
         # too, from what the session knows (see Renderer.expunged_line).
         pairs = view.pairs(spans, with_gone=True)
