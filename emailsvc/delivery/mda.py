@@ -1,8 +1,9 @@
 """The MDA: local delivery of one message into its recipients' mailboxes.
 
 The message is saved once (emailsvc.store.inline), in one SQL transaction
-that adds a message row per recipient; only after that commit does the
-caller answer 250.  Either every recipient gets the message or none does,
+that adds a message row per recipient (after its blob is written and
+synced, for a message over store.inline_max); only after that commit does
+the caller answer 250.  Either every recipient gets the message or none does,
 so a failure is a temporary error that the sending MTA retries, and
 nothing is lost.
 """

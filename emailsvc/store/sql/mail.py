@@ -34,7 +34,7 @@ SYSTEM_FLAGS = {"\\seen": 1, "\\answered": 2, "\\flagged": 4, "\\deleted": 8, "\
 _FLAG_NAMES = {bit: "\\" + name[1:].capitalize() for name, bit in SYSTEM_FLAGS.items()}
 _DELETED = SYSTEM_FLAGS["\\deleted"]
 _MAX_NAME = 512
-_READ_NOW_KEYS = 500  # a page of IMAP FETCH: reads of no more run in the calling thread
+_CHUNK = 500
 _IN_THREAD = object()
 _MESSAGE_COLUMNS = "mailbox_id, uid, modseq, flags, keywords, internal_date, size, content_id"
 # The counts are kept on the row by triggers (delta 0006).
@@ -42,7 +42,7 @@ _MAILBOX_COLUMNS = (
     "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed,"
     " message_count, unseen_count, total_size"
 )
-_CHUNK = 500
+_READ_NOW_KEYS = _CHUNK  # a page of IMAP FETCH: reads of no more run in the calling thread
 
 
 def normalize_mailbox_name(name: str) -> str:
@@ -137,7 +137,8 @@ def _placeholders(items) -> str:
 
 @implementer(IInlineMailStore)
 class SQLMailStore:
-    """IMailStore over a database engine (SQLiteDatabase or PostgreSQL)."""
+    """IInlineMailStore over a SQLiteDatabase (read_now, the content_data
+    table and the search file are SQLite's)."""
 
     indexed_headers = INDEXED_HEADERS
 

@@ -148,7 +148,7 @@ class SQLiteDatabase:
     def read(self, function, *args) -> defer.Deferred:
         """Run `function(connection, *args)` in a reader thread, for reads
         whose cost grows with a mailbox or a table (search of a large
-        mailbox, every UID of a mailbox, listings). @return: Deferred."""
+        mailbox, every UID of a mailbox, every user). @return: Deferred."""
         return deferToThreadPool(self._reactor, self._pool, self._read, function, args)
 
     def read_now(self, function, *args) -> defer.Deferred:
