@@ -188,9 +188,11 @@ class CacheTests(DNSTestCase, unittest.TestCase):
         yield dns.lookup_a(self.cached, "missing.example")
         self.assertEqual(self.asked("missing.example"), 2)
         self.dns.soa(ttl=86400, minimum=86400)
-        self.clock.advance(100)
         yield dns.lookup_a(self.cached, "gone.example")
-        self.clock.advance(301)  # max_ttl
+        self.clock.advance(299)  # kept, for max_ttl (300) only
+        yield dns.lookup_a(self.cached, "gone.example")
+        self.assertEqual(self.asked("gone.example"), 1)
+        self.clock.advance(2)
         yield dns.lookup_a(self.cached, "gone.example")
         self.assertEqual(self.asked("gone.example"), 2)
 
