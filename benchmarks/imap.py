@@ -169,7 +169,7 @@ class EmailsvcIMAP(harness.Emailsvc):
     def __init__(self, workdir, user_names, profile=None, workers=0):
         super().__init__(os.path.join(workdir, "emailsvc"), profile=profile, workers=workers,
                          protocol="imap", tls="implicit", users=user_names)
-        self.detail = (f"twistd, {workers} worker processes (server.workers), embedded store (SQLite WAL + files),"
+        self.detail = (f"twistd, {workers} worker processes (server.workers), embedded store (SQLite WAL, messages inline),"
                        f" ARGON2ID (m=64M t=3 p=4), implicit TLS")
 
     @property

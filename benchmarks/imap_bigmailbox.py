@@ -5,7 +5,8 @@ The IMAP server runs in this process (the embedded store, an implicit-TLS
 listener on loopback, as in tests/imap/support.py) so that tracemalloc can
 see every Python allocation, the server's, the SQLite reader threads' and the
 client's (which keeps only counts).  The mailbox is filled straight into
-SQLite in one transaction, all rows sharing one content row and one blob.
+SQLite in one transaction, all rows sharing one content row and one blob
+file (so FETCH BODY[] reads a file, where a delivery this small is inline).
 Each command is run twice: once untraced for its time, once under
 tracemalloc for its peak.  Writes the figures into benchmarks/README.rst.
 
@@ -38,8 +39,6 @@ from emailsvc.store.inline import InlineBlobStore  # noqa: E402
 from emailsvc.store.sql.backend import SQLiteBackend  # noqa: E402
 from tests.imap.bigmailbox import fill, probe  # noqa: E402
 
-USER, PASSWORD = "alice@example.test", "bench-password"
-
 
 @defer.inlineCallbacks
 def run(reactor, options, root):
@@ -50,7 +49,7 @@ def run(reactor, options, root):
     try:
         yield blobs.start()
         yield metadata.directory.add_domain("example.test")
-        user = yield metadata.directory.add_user(USER, PASSWORD)
+        user = yield metadata.directory.add_user(harness.USER, harness.PASSWORD)
         yield metadata.mail.provision_user(user.id)
         inbox = yield metadata.mail.get_mailbox(user.id, "INBOX")
         started = time.perf_counter()
@@ -62,8 +61,8 @@ def run(reactor, options, root):
         port = reactor.listenSSL(0, factory, tls.server_context(cert, key), interface="127.0.0.1")
         address = ("127.0.0.1", port.getHost().port)
         try:
-            timed = yield deferToThread(probe, address, USER, PASSWORD, options.messages, False)
-            traced = yield deferToThread(probe, address, USER, PASSWORD, options.messages, True)
+            timed = yield deferToThread(probe, address, harness.USER, harness.PASSWORD, options.messages, False)
+            traced = yield deferToThread(probe, address, harness.USER, harness.PASSWORD, options.messages, True)
         finally:
             yield port.stopListening()
     finally:
