@@ -8,6 +8,7 @@ an empty list, and server failures, refusals and timeouts to
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import socket
 
@@ -105,8 +106,8 @@ class CachingResolver:
         self._max_entries = max_entries
         # query -> (expiry, the (answers, authority, additional), or the
         # dns.Message of a "no such name" answer)
-        self._positive: dict[dns.Query, tuple[float, object]] = {}
-        self._negative: dict[dns.Query, tuple[float, object]] = {}
+        self._positive = _Entries()
+        self._negative = _Entries()
 
     def query(self, query, timeout=None):
         for entries in (self._positive, self._negative):
@@ -141,11 +142,21 @@ class CachingResolver:
         ttl = min(ttl, self._max_ttl)
         if ttl > 0:
             now = self._clock.seconds()
-            if len(entries) >= self._max_entries:
+            # A full cache is scanned only once something in it may have
+            # expired, not on every answer of a flood.
+            if len(entries) >= self._max_entries and now >= entries.soonest:
                 for key in [key for key, entry in entries.items() if entry[0] <= now]:
                     del entries[key]
+                entries.soonest = min((entry[0] for entry in entries.values()), default=math.inf)
             if len(entries) < self._max_entries:
                 entries[query] = (now + ttl, result)
+                entries.soonest = min(entries.soonest, now + ttl)
+
+
+class _Entries(dict):
+    """query -> (expiry, answer), and a time no later than the earliest expiry."""
+
+    soonest = math.inf
 
 
 def _negative_ttl(authority) -> float:
