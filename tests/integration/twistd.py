@@ -100,10 +100,13 @@ tls = "starttls"
         self.fail(f"{text!r} not logged; output so far:\n{seen.decode()}\n{process.stderr.read().decode()}")
 
     def admin(self, config, *args, password=None):
-        return subprocess.run(
+        done = subprocess.run(
             [os.path.join(os.path.dirname(sys.executable), "emailsvc"), "--config", config, *args],
-            input=password, capture_output=True, check=True, timeout=60,
+            input=password, capture_output=True, timeout=60,
         )
+        if done.returncode:
+            self.fail(f"emailsvc {' '.join(args)} exited {done.returncode}:\n{done.stdout.decode()}{done.stderr.decode()}")
+        return done
 
     def wait_until(self, condition, what: str, timeout: float, output=lambda: ""):
         """Poll `condition()` every 50 ms until it is true; fail after `timeout`
