@@ -3,10 +3,13 @@
 One hash or verification costs ~100 ms of CPU on several cores and 64 MiB.
 `hash_later` and `verify_later` run them in a small pool of their own, never
 in a database reader thread (a login would hold that reader, and every other
-session's query would wait behind it).  On Linux the pool's threads run at a
-lower CPU priority (the lane threads argon2 starts inherit it): sessions
-already logged in keep the cores, a login waits for the spare CPU.  The
-pool is process-wide, so it also bounds how many logins hash at once.
+session's query would wait behind it).  On Linux the pool's threads run at
+the lowest CPU priority, niceness +19 (the lane threads argon2 starts
+inherit it): sessions already logged in keep the cores, and a login gets
+what CPU they leave.  An idle machine hashes as fast as ever; a saturated
+one makes logins wait rather than every logged-in user's commands, and a
+flood of password guesses cannot take the CPU from them.  The pool is
+process-wide, so it also bounds how many logins hash at once.
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from twisted.python.threadpool import ThreadPool
 from emailsvc.niceness import lower_this_thread
 
 THREADS = 2
-NICENESS = 5
-"""Added to the niceness of the pool's threads (Linux only)."""
+NICENESS = 19
+"""Added to the niceness of the pool's threads (Linux only; capped at 19).
+At +5 a saturated IMAP worker still gave logins about a quarter of its CPU
+and commands queued behind them (benchmarks/README.rst, IMAP)."""
 
 _hasher = PasswordHasher()
 _pool: ThreadPool | None = None
