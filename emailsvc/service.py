@@ -18,6 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from emailsvc import plugins, tls
+from emailsvc.config import ConfigError, Problem
 
 log = Logger()
 
@@ -297,7 +298,7 @@ def _smtp(context, listener):
     return SMTPServerFactory(
         session, hostname, context.config.smtp,
         tls_context=context.tls_context if listener.tls == "starttls" else None,
-        implicit_tls=listener.tls == "implicit", clock=context.reactor,
+        implicit_tls=listener.tls == "implicit", clock=context.reactor, spool_dir=spool_directory(context.config),
     )
 
 
@@ -329,8 +330,20 @@ def _submission(context, listener):
         session, hostname, context.config.smtp,
         portal_for=lambda address: Portal(realm, [checker.for_client(address)]),
         tls_context=context.tls_context if listener.tls == "starttls" else None,
-        implicit_tls=listener.tls == "implicit", clock=context.reactor,
+        implicit_tls=listener.tls == "implicit", clock=context.reactor, spool_dir=spool_directory(context.config),
     )
+
+
+def spool_directory(config) -> str:
+    """{server.data_dir}/spool, where SMTP listeners write a message over
+    smtp.spool_threshold octets while they receive it; made if missing."""
+    directory = os.path.join(config.server.data_dir, "spool")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as error:
+        problem = Problem("server.data_dir", f"cannot make the spool directory {directory!r}: {error.strerror}")
+        raise ConfigError(config.path, [problem]) from None
+    return directory
 
 
 def _imap(context, listener):

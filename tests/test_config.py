@@ -69,6 +69,11 @@ class ProblemTests(unittest.SynchronousTestCase):
                          ["store.inline_max: must be from 0 to 1048576, not 2097152"])
         self.assertEqual(parse("[store]\ninline_max = 0\n").store.inline_max, 0)
 
+    def test_spool_threshold_bounded(self):
+        self.assertEqual(self.problems("[smtp]\nspool_threshold = 0\n"),
+                         ["smtp.spool_threshold: must be from 1 to 1073741824, not 0"])
+        self.assertEqual(parse("[smtp]\nspool_threshold = 1\n").smtp.spool_threshold, 1)
+
     def test_listeners(self):
         problems = self.problems(
             '[listeners.a]\nprotocol = "https"\nport = 8443\n'

@@ -19,6 +19,7 @@ protocol through `extensions()`, `mail_parameters()`, `rcpt_parameters()`,
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 
 from twisted.internet import defer, error, protocol
@@ -163,7 +164,7 @@ class ESMTPServer(smtp.ESMTP):
         self._lost = True
         in_data = self._mode is DATA
         self._mode = CLOSED
-        self._data_reader = None
+        self._drop_data_reader()
         self._buffer, self._pos = b"", 0
         self.setTimeout(None)
         if self._line_waiter is not None:
@@ -539,18 +540,28 @@ class ESMTPServer(smtp.ESMTP):
             raise reply(501, "5.5.4", "Syntax: DATA")
         self.reply(354, None, "End data with <CR><LF>.<CR><LF>")
         self._mode = DATA
-        self._data_reader = DataReader(self.limits.max_message_size, self.limits.max_line_length)
+        buffer = tempfile.SpooledTemporaryFile(self.limits.spool_threshold, dir=self.factory.spool_dir)
+        self._data_reader = DataReader(self.limits.max_message_size, self.limits.max_line_length, buffer)
         self.setTimeout(self.limits.data_timeout)
+
+    def _drop_data_reader(self):
+        reader, self._data_reader = self._data_reader, None
+        if reader is not None:
+            reader.close()
 
     def _end_of_data(self):
         reader, self._data_reader = self._data_reader, None
         transaction, self.transaction = self.transaction, None
         self._mode = COMMAND
         self.setTimeout(self.limits.command_timeout)
-        if reader.error is not None:
+        message = reader.take()
+        if reader.storage_error is not None:
+            self._log.error("Cannot keep a message from {peer} while it is received: {error}",
+                            peer=self.peer, error=reader.storage_error)
+        if message is None:
             d = defer.succeed(public_reply(reader.error))
         else:
-            d = self._session_call("data", reader.message)
+            d = self._session_call("data", message)
             d.addCallbacks(self._delivered, self._not_delivered)
 
         def reset(result):
@@ -656,7 +667,7 @@ class ESMTPServer(smtp.ESMTP):
         self._flush()
         self._mode = CLOSED
         self._buffer, self._pos = b"", 0
-        self._data_reader = None
+        self._drop_data_reader()
         self.setTimeout(None)
         self.transport.loseConnection()
 
@@ -671,15 +682,19 @@ class SMTPServerFactory(protocol.ServerFactory):
         IOpenSSLServerConnectionCreator, e.g. CertificateOptions).
     @param implicit_tls: the listener wraps connections in TLS already (465).
     @param clock: IReactorTime for timeouts (default: the global reactor).
+    @param spool_dir: where a message over `limits.spool_threshold` octets
+        is written while it is received (default: the system's temporary
+        directory).
     """
 
     protocol = ESMTPServer
 
     def __init__(self, session_factory, hostname, limits: SMTPConfig, tls_context=None,
-                 implicit_tls=False, clock=None):
+                 implicit_tls=False, clock=None, spool_dir=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.session_factory = session_factory
+        self.spool_dir = spool_dir
         self.hostname = hostname
         self.limits = limits
         self.tls_context = tls_context

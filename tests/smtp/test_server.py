@@ -1,6 +1,8 @@
 """Unit tests of the ESMTP server protocol (emailsvc.smtp.server) and its
 wire syntax (emailsvc.smtp.commands), on StringTransport and task.Clock.
 """
+import os
+import tempfile
 from dataclasses import replace
 
 from twisted.internet import defer, task
@@ -789,7 +791,7 @@ class DataTests(ServerTestCase):
         self.send(b"DATA\r\n")
         for i in range(30):
             self.send(b"x" * 500 + b"\r\n")
-        self.assertEqual(self.server._data_reader._chunks, [])  # stopped buffering
+        self.assertTrue(self.server._data_reader._buffer.closed)  # stopped buffering
         self.send(b".\r\nNOOP\r\n")
         self.assertEqual(
             self.take(),
@@ -887,6 +889,24 @@ class DataTests(ServerTestCase):
         self.assertEqual((event["code"], event["text"]), (250, "Ok: queued as Q1"))
         for event in events:
             self.assertNotIn("hunter2", repr(event))
+
+    def test_spool_failure_is_a_temporary_refusal(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.factory.spool_dir = os.path.join(self.mktemp(), "missing")
+        self.server.limits = replace(self.server.limits, spool_threshold=16)
+        self.start_transaction()
+        self.send(b"DATA\r\nSubject: more than sixteen octets\r\n\r\nbody\r\n.\r\nNOOP\r\n")
+        self.assertEqual(
+            self.take(),
+            b"354 End data with <CR><LF>.<CR><LF>\r\n"
+            b"452 4.3.1 Insufficient system storage\r\n"
+            b"250 2.0.0 Ok\r\n",
+        )
+        self.assertEqual(self.session.messages, [])
+        [event] = [e for e in events if e.get("log_format", "").startswith("Cannot keep a message")]
+        self.assertIsInstance(event["error"], FileNotFoundError)
 
 
 class PipeliningTests(ServerTestCase):
@@ -1165,8 +1185,18 @@ class CommandParsingTests(unittest.TestCase):
     def test_data_reader_unstuffing(self):
         reader = commands.DataReader(10_000, 1000)
         self.assertEqual(reader.feed(b"..\r\n...\r\n.x\r\nx.\r\n.\r\n"), b"")
-        self.assertEqual(reader.message, b".\r\n..\r\nx\r\nx.\r\n")
+        self.assertEqual(reader.take(), b".\r\n..\r\nx\r\nx.\r\n")
         self.assertIsNone(reader.error)
+
+    def test_data_reader_refuses_when_its_buffer_fails(self):
+        missing = os.path.join(self.mktemp(), "spool")
+        reader = commands.DataReader(10_000, 1000, tempfile.SpooledTemporaryFile(10, dir=missing))
+        self.assertEqual(reader.feed(b"short\r\n"), b"")  # in memory still
+        self.assertEqual(reader.feed(b"past the threshold\r\n.\r\n"), b"")
+        self.assertTrue(reader.done)
+        self.assertIsInstance(reader.storage_error, FileNotFoundError)
+        self.assertIsNone(reader.take())
+        self.assertEqual(commands.public_reply(reader.error), (452, "4.3.1", "Insufficient system storage"))
 
     def test_is_domain(self):
         self.assertTrue(commands.is_domain("example.org"))
