@@ -118,8 +118,9 @@ class SMTPConfig:
     max_connections_per_ip: int = field(default=20, metadata=_range(1))
     max_errors: int = field(default=10, metadata=_range(1))
     spool_threshold: int = field(default=1024 * 1024, metadata=_range(1, 1024 * 1024 * 1024))
-    """Octets of a message being received kept in memory; the rest of a
-    larger one goes to an anonymous file in {server.data_dir}/spool."""
+    """Octets of a message being received (SMTP DATA, IMAP APPEND) kept in
+    memory; the rest of a larger one goes to an anonymous file in
+    {server.data_dir}/spool (emailsvc.spool)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from emailsvc import plugins, tls
-from emailsvc.config import ConfigError, Problem
+from emailsvc.spool import Spool
 
 log = Logger()
 
@@ -298,7 +298,7 @@ def _smtp(context, listener):
     return SMTPServerFactory(
         session, hostname, context.config.smtp,
         tls_context=context.tls_context if listener.tls == "starttls" else None,
-        implicit_tls=listener.tls == "implicit", clock=context.reactor, spool_dir=spool_directory(context.config),
+        implicit_tls=listener.tls == "implicit", clock=context.reactor, spool=context.spool,
     )
 
 
@@ -330,20 +330,8 @@ def _submission(context, listener):
         session, hostname, context.config.smtp,
         portal_for=lambda address: Portal(realm, [checker.for_client(address)]),
         tls_context=context.tls_context if listener.tls == "starttls" else None,
-        implicit_tls=listener.tls == "implicit", clock=context.reactor, spool_dir=spool_directory(context.config),
+        implicit_tls=listener.tls == "implicit", clock=context.reactor, spool=context.spool,
     )
-
-
-def spool_directory(config) -> str:
-    """{server.data_dir}/spool, where SMTP listeners write a message over
-    smtp.spool_threshold octets while they receive it; made if missing."""
-    directory = os.path.join(config.server.data_dir, "spool")
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError as error:
-        problem = Problem("server.data_dir", f"cannot make the spool directory {directory!r}: {error.strerror}")
-        raise ConfigError(config.path, [problem]) from None
-    return directory
 
 
 def _imap(context, listener):
@@ -380,7 +368,8 @@ class BuildContext:
     """What a protocol builder may use: config, reactor, store, checks, TLS,
     the in-flight tracker, the outbound queue (or None), and what listeners
     share: the login throttle of all protocols, the hourly limit of all
-    submission listeners (587 and 465 count together)."""
+    submission listeners (587 and 465 count together), the spool where
+    messages being received wait."""
 
     def __init__(self, config, reactor, store, checks, tls_context, inflight, queue):
         from emailsvc.cred.throttle import AuthThrottle
@@ -396,6 +385,7 @@ class BuildContext:
         self.store = store
         self.tls_context = tls_context
         self.inflight = inflight
+        self.spool = Spool.from_config(config)
 
 
 def freeze_startup_objects():

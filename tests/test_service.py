@@ -1,16 +1,11 @@
 """The root service: ordered async start, failure handling, clean stop."""
 import gc
-import os
-import stat
 
 from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from emailsvc.config import ConfigError, parse
-from emailsvc.service import (
-    AsyncService, EmailService, InFlight, ListenerService, StartError, freeze_startup_objects, spool_directory,
-)
+from emailsvc.service import AsyncService, EmailService, InFlight, ListenerService, StartError, freeze_startup_objects
 
 
 class Recorder(AsyncService):
@@ -98,24 +93,6 @@ class ListenerTests(unittest.TestCase):
         failure = self.failureResultOf(listener.start(), StartError)
         self.assertEqual(str(failure.value),
                          "listener mx: cannot listen on 127.0.0.1:25 (smtp, tls starttls): Address already in use")
-
-
-class SpoolDirectoryTests(unittest.SynchronousTestCase):
-    def test_made_private_under_the_data_directory(self):
-        data_dir = self.mktemp()
-        config = parse(f"[server]\ndata_dir = {data_dir!r}\n", "test.toml")
-        self.assertEqual(spool_directory(config), os.path.join(data_dir, "spool"))
-        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(data_dir, "spool")).st_mode), 0o700)
-        self.assertEqual(spool_directory(config), os.path.join(data_dir, "spool"))  # again: kept
-
-    def test_unusable_data_directory_names_the_key(self):
-        data_dir = self.mktemp()
-        with open(data_dir, "w"):
-            pass  # a file where the directory should be
-        config = parse(f"[server]\ndata_dir = {data_dir!r}\n", "test.toml")
-        error = self.assertRaises(ConfigError, spool_directory, config)
-        self.assertEqual([problem.key for problem in error.problems], ["server.data_dir"])
-        self.assertIn("cannot make the spool directory", error.render())
 
 
 class FreezeTests(unittest.SynchronousTestCase):

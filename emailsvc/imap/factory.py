@@ -9,6 +9,7 @@ from emailsvc.cred.checker import DirectoryChecker
 from emailsvc.cred.realm import MailRealm
 from emailsvc.imap.account import Account
 from emailsvc.imap.server import IMAPServer
+from emailsvc.spool import Spool
 
 DEFAULT_MAX_MESSAGE_SIZE = 50 * 1024 * 1024
 
@@ -20,13 +21,17 @@ class IMAPFactory(protocol.ServerFactory):
         throttles failures for that address.
     @param tls_context: offered with STARTTLS when given.
     @param implicit_tls: the endpoint wraps connections in TLS already.
+    @param spool: the `emailsvc.spool.Spool` where a literal (an APPENDed
+        message) waits while it is received.
     """
 
     protocol = IMAPServer
 
     def __init__(self, portal_for, clock, tls_context=None, implicit_tls=False,
-                 max_message_size=DEFAULT_MAX_MESSAGE_SIZE, max_connections=1000, max_connections_per_ip=20):
+                 max_message_size=DEFAULT_MAX_MESSAGE_SIZE, max_connections=1000, max_connections_per_ip=20,
+                 spool=None):
         self.portal_for = portal_for
+        self.spool = spool or Spool()
         self.clock = clock
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
@@ -72,7 +77,7 @@ def account_factory(directory, mail, blobs, max_message_size):
 
 
 def make_factory(directory, mail, blobs, throttle, clock, tls_context=None, implicit_tls=False,
-                 max_message_size=DEFAULT_MAX_MESSAGE_SIZE) -> IMAPFactory:
+                 max_message_size=DEFAULT_MAX_MESSAGE_SIZE, spool=None) -> IMAPFactory:
     """An IMAPFactory over explicit parts (tests use this directly)."""
     realm = MailRealm({imap4.IAccount: account_factory(directory, mail, blobs, max_message_size)})
     checker = DirectoryChecker(directory, throttle, clock)
@@ -80,7 +85,7 @@ def make_factory(directory, mail, blobs, throttle, clock, tls_context=None, impl
     def portal_for(address):
         return Portal(realm, [checker.for_client(address)])
 
-    return IMAPFactory(portal_for, clock, tls_context, implicit_tls, max_message_size)
+    return IMAPFactory(portal_for, clock, tls_context, implicit_tls, max_message_size, spool=spool)
 
 
 def build_factory(context, listener) -> IMAPFactory:
@@ -94,4 +99,5 @@ def build_factory(context, listener) -> IMAPFactory:
         tls_context=context.tls_context if listener.tls == "starttls" else None,
         implicit_tls=listener.tls == "implicit",
         max_message_size=max_message_size,
+        spool=context.spool,
     )

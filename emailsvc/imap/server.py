@@ -93,7 +93,7 @@ class IMAPServer(AuthCommands, MailboxCommands, SelectedCommands, imap4.IMAP4Ser
         self._parts: list[bytes] = []
         self._literals: list[bytes] = []
         self._literal_left = 0
-        self._literal_chunks: list[bytes] = []
+        self._literal_buffer = None  # from the factory's spool, while a literal is read
         self._command_size = 0
         self._command_limit = self.max_literal
         self._appending = False
@@ -136,6 +136,7 @@ class IMAPServer(AuthCommands, MailboxCommands, SelectedCommands, imap4.IMAP4Ser
         self.closed = True
         self.setTimeout(None)
         self._buffer = b""
+        self._drop_literal()
         if self._line_waiter is not None:
             waiter, self._line_waiter = self._line_waiter, None
             waiter.errback(ConnectionError("connection lost"))
@@ -222,11 +223,9 @@ class IMAPServer(AuthCommands, MailboxCommands, SelectedCommands, imap4.IMAP4Ser
                     chunk = self._buffer[:self._literal_left]
                     self._buffer = self._buffer[len(chunk):]
                     self._literal_left -= len(chunk)
-                    if self._command_error is None:
-                        self._literal_chunks.append(chunk)
+                    self._keep_literal(chunk)
                     if not self._literal_left:
-                        self._literals.append(b"".join(self._literal_chunks))
-                        self._literal_chunks = []
+                        self._literals.append(self._take_literal())
                     continue
                 if self._busy and self._line_waiter is None:
                     break
@@ -300,9 +299,46 @@ class IMAPServer(AuthCommands, MailboxCommands, SelectedCommands, imap4.IMAP4Ser
         self._literal_left = size
         if size == 0:
             self._literals.append(b"")
+        elif error is None:
+            self._literal_buffer = self.factory.spool.buffer()
+
+    def _keep_literal(self, chunk: bytes):
+        if self._literal_buffer is None:
+            return  # the command is refused already
+        try:
+            self._literal_buffer.write(chunk)
+        except OSError as error:
+            self._spool_failed(error)
+
+    def _take_literal(self) -> bytes:
+        """The literal just read (b"" when the command is refused)."""
+        buffer, self._literal_buffer = self._literal_buffer, None
+        if buffer is None:
+            return b""
+        try:
+            buffer.seek(0)
+            return buffer.read()
+        except OSError as error:
+            self._spool_failed(error)
+            return b""
+        finally:
+            buffer.close()
+
+    def _spool_failed(self, error: OSError):
+        self.log.error("Cannot keep a literal from {peer} while it is received: {error}",
+                       peer=self.peer_host, error=error)
+        self._drop_literal()
+        self._command_error = self._command_error or No("Cannot keep the data now, try again later",
+                                                        "UNAVAILABLE")
+
+    def _drop_literal(self):
+        buffer, self._literal_buffer = self._literal_buffer, None
+        if buffer is not None:
+            buffer.close()
 
     def _reset_command(self):
-        self._parts, self._literals, self._literal_chunks = [], [], []
+        self._drop_literal()
+        self._parts, self._literals = [], []
         self._literal_left = self._command_size = 0
         self._command_error = None
 

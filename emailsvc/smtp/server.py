@@ -19,7 +19,6 @@ protocol through `extensions()`, `mail_parameters()`, `rcpt_parameters()`,
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 
 from twisted.internet import defer, error, protocol
@@ -29,6 +28,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from emailsvc.config import SMTPConfig
+from emailsvc.spool import Spool
 from emailsvc.errors import SMTPReplyError
 from emailsvc.smtp.commands import (
     CRLF,
@@ -540,8 +540,8 @@ class ESMTPServer(smtp.ESMTP):
             raise reply(501, "5.5.4", "Syntax: DATA")
         self.reply(354, None, "End data with <CR><LF>.<CR><LF>")
         self._mode = DATA
-        buffer = tempfile.SpooledTemporaryFile(self.limits.spool_threshold, dir=self.factory.spool_dir)
-        self._data_reader = DataReader(self.limits.max_message_size, self.limits.max_line_length, buffer)
+        self._data_reader = DataReader(self.limits.max_message_size, self.limits.max_line_length,
+                                       self.factory.spool.buffer())
         self.setTimeout(self.limits.data_timeout)
 
     def _drop_data_reader(self):
@@ -682,19 +682,19 @@ class SMTPServerFactory(protocol.ServerFactory):
         IOpenSSLServerConnectionCreator, e.g. CertificateOptions).
     @param implicit_tls: the listener wraps connections in TLS already (465).
     @param clock: IReactorTime for timeouts (default: the global reactor).
-    @param spool_dir: where a message over `limits.spool_threshold` octets
-        is written while it is received (default: the system's temporary
-        directory).
+    @param spool: the `emailsvc.spool.Spool` where a message waits while it
+        is received (default: `limits.spool_threshold` octets in memory, the
+        rest in the system's temporary directory).
     """
 
     protocol = ESMTPServer
 
     def __init__(self, session_factory, hostname, limits: SMTPConfig, tls_context=None,
-                 implicit_tls=False, clock=None, spool_dir=None):
+                 implicit_tls=False, clock=None, spool=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.session_factory = session_factory
-        self.spool_dir = spool_dir
+        self.spool = spool or Spool(limits.spool_threshold)
         self.hostname = hostname
         self.limits = limits
         self.tls_context = tls_context

@@ -13,6 +13,7 @@ from emailsvc.imap.account import Account, MailboxInfo, pattern_regex
 from emailsvc.imap.factory import DEFAULT_MAX_MESSAGE_SIZE, IMAPFactory, build_factory
 from emailsvc.imap.message import Message
 from emailsvc.imap.wire import Bad
+from emailsvc.spool import Spool
 from emailsvc.store.model import User
 from tests.store.test_sqlite import open_embedded
 
@@ -131,12 +132,14 @@ class FactoryTests(unittest.SynchronousTestCase):
     def context(self, config=None):
         store = SimpleNamespace(metadata=SimpleNamespace(directory=object(), mail=object()), blobs=object())
         return SimpleNamespace(config=config or Config(smtp=SMTPConfig(max_message_size=12345)), reactor=reactor,
-                               store=store, tls_context="tls", throttle=AuthThrottle(reactor, 3, 60, 60))
+                               store=store, tls_context="tls", throttle=AuthThrottle(reactor, 3, 60, 60),
+                               spool=Spool(77))
 
     def test_build_factory(self):
         starttls = build_factory(self.context(), ListenerConfig(protocol="smtp", tls="starttls"))
         self.assertIsInstance(starttls, IMAPFactory)
         self.assertEqual((starttls.tls_context, starttls.implicit_tls, starttls.max_message_size), ("tls", False, 12345))
+        self.assertEqual(starttls.spool.threshold, 77)
         implicit = build_factory(self.context(), ListenerConfig(tls="implicit"))
         self.assertEqual((implicit.tls_context, implicit.implicit_tls), (None, True))
         plain = build_factory(self.context(SimpleNamespace()), ListenerConfig(tls="none"))

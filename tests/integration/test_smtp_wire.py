@@ -8,7 +8,6 @@ import re
 import smtplib
 import socket
 import ssl
-import time
 from dataclasses import replace
 
 from cryptography import x509
@@ -24,6 +23,8 @@ from zope.interface import implementer
 from emailsvc.config import SMTPConfig
 from emailsvc.interfaces import ISMTPSession
 from emailsvc.smtp.server import SMTPServerFactory
+from emailsvc.spool import Spool
+from tests.spoolfiles import open_files_in, wait_for_open_file_in
 
 LIMITS = SMTPConfig(max_message_size=20_000, command_timeout=30.0, data_timeout=30.0)
 CLIENT_TIMEOUT = 15
@@ -141,7 +142,7 @@ class WireTestCase(unittest.TestCase):
         os.mkdir(self.spool_dir)
         self.factory = SMTPServerFactory(
             self.make_session, "mx.test", self.limits, tls_context=context,
-            implicit_tls=self.implicit_tls, clock=reactor, spool_dir=self.spool_dir,
+            implicit_tls=self.implicit_tls, clock=reactor, spool=Spool(self.limits.spool_threshold, self.spool_dir),
         )
         if self.implicit_tls:
             self.port = reactor.listenSSL(0, self.factory, context, interface="127.0.0.1")
@@ -306,26 +307,6 @@ class SpoolTests(WireTestCase):
     limits = replace(LIMITS, max_message_size=4_000_000, spool_threshold=64 * 1024)
     body = b"Subject: big\r\n\r\n" + b"".join(b".line %d of a long message\r\n" % i for i in range(60_000))
 
-    def spool_files(self):
-        """Files of this process open in the spool directory."""
-        found = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith(self.spool_dir + "/"):
-                found.append(target)
-        return found
-
-    def wait_for_spool_file(self):
-        """Poll (from the client thread) until the server spooled, up to 10 s."""
-        for _ in range(1000):
-            if self.spool_files():
-                return True
-            time.sleep(0.01)
-        return False
-
     def start_data(self, sock):
         sock.sendall(b"EHLO client.test\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
         self.assertEqual(read_replies(sock, 4)[-1], "354 End data with <CR><LF>.<CR><LF>")
@@ -336,7 +317,7 @@ class SpoolTests(WireTestCase):
         def client():
             with self.raw_socket() as sock:
                 self.start_data(sock)
-                spooled = self.wait_for_spool_file()
+                spooled = wait_for_open_file_in(self.spool_dir)
                 listed = os.listdir(self.spool_dir)
                 sock.sendall(self.body[len(self.body) // 2:] + b".\r\nQUIT\r\n")
                 return spooled, listed, read_replies(sock, 2)
@@ -346,19 +327,19 @@ class SpoolTests(WireTestCase):
         self.assertEqual(listed, [])  # anonymous: no name to leak after a crash
         self.assertEqual(replies, ["250 2.0.0 Ok: queued as Q1", "221 2.0.0 mx.test closing connection"])
         self.assertEqual(self.sessions[0].messages, [self.body.replace(b"\r\n.", b"\r\n")])
-        self.assertEqual(self.spool_files(), [])
+        self.assertEqual(open_files_in(self.spool_dir), [])
 
     @defer.inlineCallbacks
     def test_disconnect_mid_data_frees_the_spool(self):
         def client():
             with self.raw_socket() as sock:
                 self.start_data(sock)
-                return self.wait_for_spool_file()
+                return wait_for_open_file_in(self.spool_dir)
 
         spooled = yield self.in_thread(client)
         self.assertTrue(spooled)
         self.assertEqual(self.sessions[0].messages, [])
-        self.assertEqual(self.spool_files(), [])
+        self.assertEqual(open_files_in(self.spool_dir), [])
 
 
 class STARTTLSTests(WireTestCase):

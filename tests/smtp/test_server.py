@@ -2,7 +2,6 @@
 wire syntax (emailsvc.smtp.commands), on StringTransport and task.Clock.
 """
 import os
-import tempfile
 from dataclasses import replace
 
 from twisted.internet import defer, task
@@ -21,6 +20,7 @@ from emailsvc.errors import SMTPReplyError
 from emailsvc.interfaces import ISMTPSession
 from emailsvc.smtp import commands
 from emailsvc.smtp.server import ESMTPServer, LineTooLong, SMTPServerFactory
+from emailsvc.spool import Spool
 
 HOST = "mx.example.org"
 PEER = IPv4Address("TCP", "192.0.2.1", 4321)
@@ -894,8 +894,7 @@ class DataTests(ServerTestCase):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        self.factory.spool_dir = os.path.join(self.mktemp(), "missing")
-        self.server.limits = replace(self.server.limits, spool_threshold=16)
+        self.factory.spool = Spool(16, os.path.join(self.mktemp(), "missing"))
         self.start_transaction()
         self.send(b"DATA\r\nSubject: more than sixteen octets\r\n\r\nbody\r\n.\r\nNOOP\r\n")
         self.assertEqual(
@@ -1190,7 +1189,7 @@ class CommandParsingTests(unittest.TestCase):
 
     def test_data_reader_refuses_when_its_buffer_fails(self):
         missing = os.path.join(self.mktemp(), "spool")
-        reader = commands.DataReader(10_000, 1000, tempfile.SpooledTemporaryFile(10, dir=missing))
+        reader = commands.DataReader(10_000, 1000, Spool(10, missing).buffer())
         self.assertEqual(reader.feed(b"short\r\n"), b"")  # in memory still
         self.assertEqual(reader.feed(b"past the threshold\r\n.\r\n"), b"")
         self.assertTrue(reader.done)

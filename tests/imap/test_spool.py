@@ -1,0 +1,74 @@
+"""APPEND of a message larger than the spool threshold: the literal waits in
+an anonymous spool file while it is received, over real loopback TLS."""
+import os
+
+from twisted.internet import defer, reactor, task
+
+from emailsvc.spool import Spool
+from tests.imap.support import IMAPTestCase
+from tests.spoolfiles import open_files_in, wait_for_open_file_in
+
+MESSAGE = b"Subject: big\r\n\r\n" + b"".join(b"line %d of a long message\r\n" % i for i in range(5000))
+
+
+class SpoolTests(IMAPTestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        self.spool_dir = os.path.abspath(self.mktemp())
+        os.mkdir(self.spool_dir)
+        self.tls_factory.spool = Spool(4096, self.spool_dir)
+
+    def start_append(self, client):
+        client.send(b"A APPEND INBOX {%d}\r\n" % len(MESSAGE))
+        self.assertTrue(client.line().startswith(b"+ "))
+        client.send(MESSAGE[:len(MESSAGE) // 2])
+
+    @defer.inlineCallbacks
+    def test_large_append_goes_through_the_spool(self):
+        def session(client):
+            self.start_append(client)
+            spooled = wait_for_open_file_in(self.spool_dir)
+            listed = os.listdir(self.spool_dir)
+            client.send(MESSAGE[len(MESSAGE) // 2:] + b"\r\n")
+            appended = client.until(b"A")
+            client.command(b"S", b"SELECT INBOX")
+            return spooled, listed, appended, client.command(b"F", b"FETCH 1 BODY.PEEK[]")
+
+        spooled, listed, appended, fetched = yield self.raw_session(session)
+        self.assertTrue(spooled)
+        self.assertEqual(listed, [])  # anonymous: no name to leak after a crash
+        self.assertTrue(appended[-1].startswith(b"A OK [APPENDUID "), appended)
+        self.assertEqual(fetched[0], b"* 1 FETCH (BODY[] {%d}\r\n" % len(MESSAGE) + MESSAGE + b")\r\n")
+        self.assertEqual(open_files_in(self.spool_dir), [])
+
+    @defer.inlineCallbacks
+    def test_disconnect_mid_literal_frees_the_spool(self):
+        def session(client):
+            self.start_append(client)
+            return wait_for_open_file_in(self.spool_dir)
+
+        self.assertTrue((yield self.raw_session(session)))
+        for _ in range(500):  # the server sees the close a little later
+            if not open_files_in(self.spool_dir):
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(open_files_in(self.spool_dir), [])
+        inbox = yield self.mail.get_mailbox(self.user.id, "INBOX")
+        self.assertEqual(inbox.messages, 0)
+
+    @defer.inlineCallbacks
+    def test_spool_failure_is_a_temporary_refusal(self):
+        self.tls_factory.spool = Spool(4096, os.path.join(self.spool_dir, "missing"))
+
+        def session(client):
+            client.send(b"A APPEND INBOX {%d}\r\n" % len(MESSAGE))
+            client.line()
+            client.send(MESSAGE + b"\r\n")
+            return client.until(b"A"), client.command(b"N", b"NOOP")
+
+        appended, noop = yield self.raw_session(session)
+        self.assertEqual(appended[-1], b"A NO [UNAVAILABLE] Cannot keep the data now, try again later\r\n")
+        self.assertEqual(noop[-1], b"N OK NOOP completed\r\n")
+        inbox = yield self.mail.get_mailbox(self.user.id, "INBOX")
+        self.assertEqual(inbox.messages, 0)
