@@ -57,7 +57,8 @@ _SORT_SQL = {
 
 
 def fold(text):
-    """Case folding for substring matches (registered as imap_fold)."""
+    """Case folding for substring matches (registered as imap_fold on every
+    connection, by emailsvc.store.sql.sqlite)."""
     return text.casefold() if isinstance(text, str) else text
 
 
@@ -72,7 +73,6 @@ def begin_search(connection):
     a statement's databases main first; reading main in a statement of its
     own does not depend on that.)
     """
-    connection.create_function("imap_fold", 1, fold, deterministic=True)
     connection.execute("SELECT 1 FROM main.search_pending LIMIT 1").fetchall()
 
 

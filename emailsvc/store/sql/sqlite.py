@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from emailsvc.store.sql.deltas import apply_deltas
+from emailsvc.store.sql.search import fold
 
 _STOP = object()
 _MAX_BATCH = 512
@@ -69,6 +70,9 @@ class SQLiteDatabase:
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute("PRAGMA foreign_keys=ON")
         connection.execute("PRAGMA busy_timeout=10000")
+        # Once, here: (re)defining a function expires every statement the
+        # connection has prepared, so each later query is compiled again.
+        connection.create_function("imap_fold", 1, fold, deterministic=True)
         if search:
             connection.execute("ATTACH DATABASE ? AS search", (self.search_path,))
             # The indexer deletes pending rows once its commit here is

@@ -7,6 +7,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from emailsvc.store.sql.deltas import _statements, deltas
+from emailsvc.store.sql.search import begin_search
 from emailsvc.store.sql.sqlite import SQLiteDatabase
 
 
@@ -46,6 +47,20 @@ class EngineTests(unittest.TestCase):
         thread, rows = yield self.db.read(query)
         self.assertNotEqual(thread, threading.get_ident())
         self.assertEqual(rows, [(5,)])
+
+    @defer.inlineCallbacks
+    def test_search_folding_is_registered_once_per_connection(self):
+        yield self.db.write(lambda c: c.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)]))
+
+        def query(connection):
+            begin_search(connection)
+            active = connection.execute("SELECT v FROM t ORDER BY v")  # still stepping
+            # Registering the function again here would fail ("active
+            # statements"), and expire every statement the connection prepared.
+            begin_search(connection)
+            return connection.execute("SELECT imap_fold('STRASSE')").fetchone()[0], active.fetchall()
+
+        self.assertEqual(self.successResultOf(self.db.read_now(query)), ("strasse", [(1,), (2,)]))
 
     def test_read_now_fails_its_deferred_and_ends_its_transaction(self):
         def broken(connection):
