@@ -13,6 +13,7 @@ import re
 import socket
 
 from twisted.internet import defer
+from twisted.logger import PredicateResult
 from twisted.names import client, dns, error
 
 from emailsvc.addresses import ascii_domain
@@ -163,6 +164,24 @@ def _negative_ttl(authority) -> float:
     """How long a negative answer may be kept: from its SOA record, else 0."""
     return min((min(record.ttl, record.payload.minimum) for record in authority if record.type == dns.SOA),
                default=0)
+
+
+_QUERY_PORT_LINES = re.compile(
+    r"DNSDatagramProtocol starting on \d+|\(UDP Port \d+ Closed\)"
+    r"|(?:Starting|Stopping) protocol <twisted\.names\.dns\.DNSDatagramProtocol object at 0x[0-9a-f]+>"
+)
+
+
+def drop_query_port_lines(event) -> PredicateResult:
+    """A twisted.logger filter predicate: `no` for the four lines Twisted
+    writes about the UDP port of every DNS query (port opened, protocol
+    started and stopped, port closed), `maybe` for every other event.  A
+    busy MX makes several queries a message, which made its log mostly
+    these lines, each costing a worker CPU to relay."""
+    text = event.get("log_text")
+    if isinstance(text, str) and _QUERY_PORT_LINES.fullmatch(text):
+        return PredicateResult.no
+    return PredicateResult.maybe
 
 
 def close_resolver(resolver) -> None:

@@ -27,10 +27,13 @@ import time
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
-from twisted.logger import LogLevel, Logger, eventFromJSON, globalLogBeginner, globalLogPublisher, jsonFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver, LogLevel, Logger, eventFromJSON, globalLogBeginner, globalLogPublisher, jsonFileLogObserver,
+)
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from emailsvc.dns import drop_query_port_lines
 from emailsvc.service import AsyncService, StartError, describe
 
 POOLED_PROTOCOLS = frozenset({"smtp", "submission", "imap", "pop3"})
@@ -265,6 +268,12 @@ class _BatchedLog:
             data = data[os.write(self._fd, data):]
 
 
+def relay_observer(out):
+    """The log observer of a worker: each event as JSON to `out` (for the
+    main process to log), but for DNS query port chatter."""
+    return FilteringLogObserver(jsonFileLogObserver(out), [drop_query_port_lines])
+
+
 def main(argv=None):
     """Serve the adopted listeners until SIGTERM or until the main process is gone."""
     from twisted.internet import reactor
@@ -274,7 +283,7 @@ def main(argv=None):
 
     path, adopted = _parse(argv)
     out = _BatchedLog(reactor)
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([relay_observer(out)], redirectStandardIO=False)
     root = build(load(path), reactor, adopted=adopted)
     _Ready().setServiceParent(root)
     freeze_startup_objects()

@@ -1,6 +1,9 @@
 """emailsvc.dns: the resolver factory and lookup helpers, against a fake server."""
-from twisted.internet import defer
+import re
+
+from twisted.internet import defer, task
 from twisted.internet.task import Clock
+from twisted.logger import PredicateResult, globalLogPublisher
 from twisted.names import client
 from twisted.names import dns as dnsproto
 from twisted.names import error
@@ -113,6 +116,31 @@ class LookupTests(DNSTestCase, unittest.TestCase):
     def test_idn_is_queried_as_a_label(self):
         self.dns.a("xn--bcher-kva.de", "192.0.2.9")
         self.assertEqual((yield dns.lookup_a(self.resolver, "Bücher.de")), ["192.0.2.9"])
+
+
+class QueryPortLineTests(DNSTestCase, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_the_four_lines_of_a_query_port_and_nothing_else(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.dns.a("mail.example.org", "192.0.2.1")
+        self.assertEqual((yield dns.lookup_a(self.resolver, "mail.example.org")), ["192.0.2.1"])
+        for _ in range(200):  # the port closes a reactor turn or two after the answer
+            if any("Closed" in event.get("log_text", "") for event in events):
+                break
+            yield task.deferLater(self.reactor, 0.01, lambda: None)
+        dropped = [event["log_text"] for event in events if dns.drop_query_port_lines(event) is PredicateResult.no]
+        shapes = sorted(re.sub(r"0x[0-9a-f]+|\d+", "N", text) for text in dropped)
+        self.assertEqual(shapes, [
+            "(UDP Port N Closed)",
+            "DNSDatagramProtocol starting on N",
+            "Starting protocol <twisted.names.dns.DNSDatagramProtocol object at N>",
+            "Stopping protocol <twisted.names.dns.DNSDatagramProtocol object at N>",
+        ])
+        for text in ("Transaction from [127.0.0.1]:2525", "(UDP Port 53 Closed) and more", ""):
+            self.assertIs(dns.drop_query_port_lines({"log_text": text}), PredicateResult.maybe)
+        self.assertIs(dns.drop_query_port_lines({"log_format": "no text"}), PredicateResult.maybe)
 
 
 class CacheTests(DNSTestCase, unittest.TestCase):

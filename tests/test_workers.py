@@ -7,7 +7,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from emailsvc.config import parse
-from emailsvc.workers import WorkerProcess, pooled_listeners
+from emailsvc.workers import WorkerProcess, pooled_listeners, relay_observer
 
 
 class FakeTransport:
@@ -46,6 +46,14 @@ class WorkerProcessTests(unittest.TestCase):
         lines = [(event["line"], event["log_level"]) for event in self.events if "line" in event]
         self.assertEqual(lines, [("Traceback (most recent call last):", LogLevel.error),
                                  ("not json", LogLevel.info), ("  boom", LogLevel.error)])
+
+    def test_a_worker_relays_no_dns_query_port_lines(self):
+        out = io.StringIO()
+        log = Logger(namespace="twisted.internet.udp", observer=relay_observer(out))
+        log.info("{log_text}", log_text="(UDP Port 5353 Closed)")
+        log.info("{log_text}", log_text="Transaction from [127.0.0.1]:2525")
+        self.worker.childDataReceived(1, out.getvalue().encode())
+        self.assertEqual([event["log_text"] for event in self.events], ["Transaction from [127.0.0.1]:2525"])
 
     def test_ready_fires_with_the_pid(self):
         self.worker.childDataReceived(3, b"ready\n")
