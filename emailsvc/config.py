@@ -49,6 +49,10 @@ class ServerConfig:
     data_dir: str = "var"
     shutdown_timeout: float = field(default=30.0, metadata=_range(0))
     workers: int = field(default=0, metadata=_range(0, 256))
+    spool_threshold: int = field(default=1024 * 1024, metadata=_range(1, 1024 * 1024 * 1024))
+    """The largest message being received (SMTP DATA, IMAP APPEND) kept in
+    memory; a larger one goes to an anonymous file in {data_dir}/spool
+    (emailsvc.spool)."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +121,6 @@ class SMTPConfig:
     max_connections: int = field(default=1000, metadata=_range(1))
     max_connections_per_ip: int = field(default=20, metadata=_range(1))
     max_errors: int = field(default=10, metadata=_range(1))
-    spool_threshold: int = field(default=1024 * 1024, metadata=_range(1, 1024 * 1024 * 1024))
-    """Octets of a message being received (SMTP DATA, IMAP APPEND) kept in
-    memory; the rest of a larger one goes to an anonymous file in
-    {server.data_dir}/spool (emailsvc.spool)."""
 
 
 @dataclass(frozen=True)

@@ -70,9 +70,11 @@ class ProblemTests(unittest.SynchronousTestCase):
         self.assertEqual(parse("[store]\ninline_max = 0\n").store.inline_max, 0)
 
     def test_spool_threshold_bounded(self):
-        self.assertEqual(self.problems("[smtp]\nspool_threshold = 0\n"),
-                         ["smtp.spool_threshold: must be from 1 to 1073741824, not 0"])
-        self.assertEqual(parse("[smtp]\nspool_threshold = 1\n").smtp.spool_threshold, 1)
+        self.assertEqual(self.problems("[server]\nspool_threshold = 0\n"),
+                         ["server.spool_threshold: must be from 1 to 1073741824, not 0"])
+        self.assertEqual(self.problems("[server]\nspool_threshold = 1073741825\n"),
+                         ["server.spool_threshold: must be from 1 to 1073741824, not 1073741825"])
+        self.assertEqual(parse("[server]\nspool_threshold = 1\n").server.spool_threshold, 1)
 
     def test_listeners(self):
         problems = self.problems(

@@ -1,11 +1,15 @@
 """The root service: ordered async start, failure handling, clean stop."""
 import gc
+from types import SimpleNamespace
 
 from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from emailsvc.service import AsyncService, EmailService, InFlight, ListenerService, StartError, freeze_startup_objects
+from emailsvc.config import ListenerConfig, parse
+from emailsvc.service import (
+    PROTOCOLS, AsyncService, BuildContext, EmailService, InFlight, ListenerService, StartError, freeze_startup_objects,
+)
 
 
 class Recorder(AsyncService):
@@ -102,3 +106,15 @@ class FreezeTests(unittest.SynchronousTestCase):
         freeze_startup_objects()
         self.assertGreater(gc.get_freeze_count(), 0)
         self.assertLess(len(gc.get_objects()), before)
+
+
+class SpoolWiringTests(unittest.SynchronousTestCase):
+    def test_smtp_listeners_spool_under_the_data_directory(self):
+        config = parse(f"[server]\ndata_dir = {self.mktemp()!r}\n", "test.toml")
+        store = SimpleNamespace(metadata=SimpleNamespace(directory=object(), mail=object()), blobs=object())
+        context = BuildContext(config, MemoryReactorClock(), store, SimpleNamespace(pipeline=object()), None,
+                               InFlight(), None)
+        for protocol in ("smtp", "submission", "imap"):
+            factory = PROTOCOLS[protocol](context, ListenerConfig(protocol=protocol))
+            self.assertIs(factory.spool, context.spool, protocol)
+        self.assertEqual(context.spool.directory, config.server.data_dir + "/spool")

@@ -261,7 +261,9 @@ class IMAPServer(AuthCommands, MailboxCommands, SelectedCommands, imap4.IMAP4Ser
     def _command_line(self, line: bytes):
         if not self._parts:
             match = _FIRST_WORDS.match(line)
-            self._appending = match is not None and match.group(1).upper() == b"APPEND"
+            # Only a logged-in client may send a message-sized literal.
+            self._appending = (match is not None and match.group(1).upper() == b"APPEND"
+                               and self.state in (AUTH, SELECTED))
             self._command_limit = self.factory.max_message_size if self._appending else self.max_literal
         if LITERAL_MARK in line:
             self._command_error = self._command_error or Bad("NUL in command")
@@ -299,30 +301,27 @@ class IMAPServer(AuthCommands, MailboxCommands, SelectedCommands, imap4.IMAP4Ser
         self._literal_left = size
         if size == 0:
             self._literals.append(b"")
-        elif error is None:
+        elif self._command_error is None:
             self._literal_buffer = self.factory.spool.buffer()
 
     def _keep_literal(self, chunk: bytes):
-        if self._literal_buffer is None:
+        buffer = self._literal_buffer
+        if buffer is None:
             return  # the command is refused already
-        try:
-            self._literal_buffer.write(chunk)
-        except OSError as error:
-            self._spool_failed(error)
+        buffer.write(chunk)
+        if buffer.error is not None:
+            self._spool_failed(buffer.error)
 
     def _take_literal(self) -> bytes:
         """The literal just read (b"" when the command is refused)."""
         buffer, self._literal_buffer = self._literal_buffer, None
         if buffer is None:
             return b""
-        try:
-            buffer.seek(0)
-            return buffer.read()
-        except OSError as error:
-            self._spool_failed(error)
+        literal = buffer.take()
+        if literal is None:
+            self._spool_failed(buffer.error)
             return b""
-        finally:
-            buffer.close()
+        return literal
 
     def _spool_failed(self, error: OSError):
         self.log.error("Cannot keep a literal from {peer} while it is received: {error}",

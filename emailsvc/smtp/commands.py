@@ -3,18 +3,18 @@ paths and parameters per RFC 5321 section 4.1 and RFC 6531, the DATA
 stream) and formatting replies with enhanced status codes (RFC 2034).
 
 Everything here is pure: bytes in, values or `SMTPReplyError` out (the
-DATA reader writes into the buffer it is given).  The input is hostile, so
+DATA reader writes into the `emailsvc.spool.MessageBuffer` it is given).  The input is hostile, so
 every function bounds its work by the input length and fails with a reply
 rather than an unexpected exception.
 """
 from __future__ import annotations
 
-import io
 import ipaddress
 import re
 from dataclasses import dataclass
 
 from emailsvc.errors import SMTPReplyError
+from emailsvc.spool import MessageBuffer, Spool
 
 CRLF = b"\r\n"
 
@@ -308,20 +308,18 @@ class DataReader:
     with a line over `max_line_length` octets (CRLF not counted); once
     refused, nothing more is kept.
 
-    The message goes into `buffer`, a binary file (an `io.BytesIO` unless
-    given; the server gives a `tempfile.SpooledTemporaryFile`).  When
-    writing to it fails, the message is refused with 452 4.3.1 and the
-    error kept in `storage_error`.  `close()` lets go of the buffer.
+    The message goes into `buffer` (by default one of the default Spool's).
+    When it cannot be kept or read back, it is refused with 452 4.3.1 and
+    the cause is in `storage_error`.  `close()` lets go of the buffer.
     """
 
-    def __init__(self, max_size: int, max_line_length: int, buffer=None):
+    def __init__(self, max_size: int, max_line_length: int, buffer: MessageBuffer | None = None):
         self.max_size = max_size
         self.max_line_length = max_line_length
         self.done = False
         self.error: SMTPReplyError | None = None
-        self.storage_error: OSError | None = None
         self.size = 0
-        self._buffer = io.BytesIO() if buffer is None else buffer
+        self._buffer = buffer or Spool().buffer()
         # Whether the next byte fed starts a line.  False only while the
         # tail of an overlong line is skipped.
         self._line_start = True
@@ -351,19 +349,19 @@ class DataReader:
             return data[-1:] if data.endswith(b"\r") else b""
         return data
 
+    @property
+    def storage_error(self) -> OSError | None:
+        return self._buffer.error
+
     def take(self) -> bytes | None:
-        """The message received, dot-unstuffed, with CRLF line ends, and
-        close(); None (and `error` set) when it was refused or cannot be
-        read back."""
-        try:
-            if self.error is None:
-                self._buffer.seek(0)
-                return self._buffer.read()
-        except OSError as error:
-            self._storage_failed(error)
-        finally:
-            self.close()
-        return None
+        """The message received, dot-unstuffed, with CRLF line ends; None
+        (and `error` set) when it was refused or cannot be read back."""
+        if self.error is not None:
+            return None
+        message = self._buffer.take()
+        if message is None:
+            self._storage_failed()
+        return message
 
     def close(self):
         """Let go of the message (a spool file is deleted as it closes)."""
@@ -392,13 +390,11 @@ class DataReader:
         if self.size > self.max_size:
             self._fail(552, "5.3.4", "Message size exceeds fixed maximum message size")
             return
-        try:
-            self._buffer.write(block)
-        except OSError as error:
-            self._storage_failed(error)
+        self._buffer.write(block)
+        if self._buffer.error is not None:
+            self._storage_failed()
 
-    def _storage_failed(self, error: OSError):
-        self.storage_error = error
+    def _storage_failed(self):
         self._fail(452, "4.3.1", "Insufficient system storage")
 
     def _fail_line_length(self):

@@ -48,6 +48,8 @@ from emailsvc.smtp.commands import (
 )
 
 COMMAND, DATA, CLOSED = "command", "data", "closed"
+# Refusals that are not the client's fault (see ESMTPServer.reply).
+_NOT_CLIENT_ERRORS = frozenset({(452, "4.5.3"), (452, "4.3.1")})
 
 
 class LineTooLong(Exception):
@@ -629,13 +631,14 @@ class ESMTPServer(smtp.ESMTP):
         """Send one reply (batched with the other replies of this input).
 
         A 4xx/5xx reply counts as a client error, except 452 4.5.3 (the
-        client is told to send the rest later) and 421; past
+        client is told to send the rest later), 452 4.3.1 (this server's
+        storage failed) and 421; past
         `limits.max_errors` errors the client gets 421 and is dropped.
         421 always closes the connection.
         """
         if self._mode is CLOSED:
             return
-        if code >= 400 and count_error and code != 421 and (code, enhanced) != (452, "4.5.3"):
+        if code >= 400 and count_error and code != 421 and (code, enhanced) not in _NOT_CLIENT_ERRORS:
             self._errors += 1
             if self._errors > self.limits.max_errors:
                 self._log.info("Too many errors from {peer}", peer=self.peer)
@@ -683,8 +686,8 @@ class SMTPServerFactory(protocol.ServerFactory):
     @param implicit_tls: the listener wraps connections in TLS already (465).
     @param clock: IReactorTime for timeouts (default: the global reactor).
     @param spool: the `emailsvc.spool.Spool` where a message waits while it
-        is received (default: `limits.spool_threshold` octets in memory, the
-        rest in the system's temporary directory).
+        is received (default: one with the default threshold, over the
+        system's temporary directory).
     """
 
     protocol = ESMTPServer
@@ -694,7 +697,7 @@ class SMTPServerFactory(protocol.ServerFactory):
         if clock is None:
             from twisted.internet import reactor as clock
         self.session_factory = session_factory
-        self.spool = spool or Spool(limits.spool_threshold)
+        self.spool = spool or Spool()
         self.hostname = hostname
         self.limits = limits
         self.tls_context = tls_context

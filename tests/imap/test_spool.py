@@ -2,11 +2,11 @@
 an anonymous spool file while it is received, over real loopback TLS."""
 import os
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 
 from emailsvc.spool import Spool
 from tests.imap.support import IMAPTestCase
-from tests.spoolfiles import open_files_in, wait_for_open_file_in
+from tests.spoolfiles import KeepingSpool, open_files_in, until_no_open_file_in, wait_for_open_file_in
 
 MESSAGE = b"Subject: big\r\n\r\n" + b"".join(b"line %d of a long message\r\n" % i for i in range(5000))
 
@@ -17,12 +17,12 @@ class SpoolTests(IMAPTestCase):
         yield super().setUp()
         self.spool_dir = os.path.abspath(self.mktemp())
         os.mkdir(self.spool_dir)
-        self.tls_factory.spool = Spool(4096, self.spool_dir)
+        self.spool = self.tls_factory.spool = KeepingSpool(4096, self.spool_dir)
 
-    def start_append(self, client):
+    def start_append(self, client, sent=len(MESSAGE) // 2):
         client.send(b"A APPEND INBOX {%d}\r\n" % len(MESSAGE))
         self.assertTrue(client.line().startswith(b"+ "))
-        client.send(MESSAGE[:len(MESSAGE) // 2])
+        client.send(MESSAGE[:sent])
 
     @defer.inlineCallbacks
     def test_large_append_goes_through_the_spool(self):
@@ -40,6 +40,7 @@ class SpoolTests(IMAPTestCase):
         self.assertEqual(listed, [])  # anonymous: no name to leak after a crash
         self.assertTrue(appended[-1].startswith(b"A OK [APPENDUID "), appended)
         self.assertEqual(fetched[0], b"* 1 FETCH (BODY[] {%d}\r\n" % len(MESSAGE) + MESSAGE + b")\r\n")
+        self.assertEqual([buffer.closed for buffer in self.spool.buffers], [True])
         self.assertEqual(open_files_in(self.spool_dir), [])
 
     @defer.inlineCallbacks
@@ -49,10 +50,8 @@ class SpoolTests(IMAPTestCase):
             return wait_for_open_file_in(self.spool_dir)
 
         self.assertTrue((yield self.raw_session(session)))
-        for _ in range(500):  # the server sees the close a little later
-            if not open_files_in(self.spool_dir):
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield until_no_open_file_in(self.spool_dir)
+        self.assertEqual([buffer.closed for buffer in self.spool.buffers], [True])
         self.assertEqual(open_files_in(self.spool_dir), [])
         inbox = yield self.mail.get_mailbox(self.user.id, "INBOX")
         self.assertEqual(inbox.messages, 0)
@@ -62,9 +61,8 @@ class SpoolTests(IMAPTestCase):
         self.tls_factory.spool = Spool(4096, os.path.join(self.spool_dir, "missing"))
 
         def session(client):
-            client.send(b"A APPEND INBOX {%d}\r\n" % len(MESSAGE))
-            client.line()
-            client.send(MESSAGE + b"\r\n")
+            self.start_append(client, sent=len(MESSAGE))
+            client.send(b"\r\n")
             return client.until(b"A"), client.command(b"N", b"NOOP")
 
         appended, noop = yield self.raw_session(session)
@@ -72,3 +70,23 @@ class SpoolTests(IMAPTestCase):
         self.assertEqual(noop[-1], b"N OK NOOP completed\r\n")
         inbox = yield self.mail.get_mailbox(self.user.id, "INBOX")
         self.assertEqual(inbox.messages, 0)
+
+    @defer.inlineCallbacks
+    def test_a_refused_command_keeps_none_of_its_literals(self):
+        def session(client):
+            client.send(b"A APPEND INBOX\x00 {%d+}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
+            return client.until(b"A")
+
+        refused = yield self.raw_session(session)
+        self.assertEqual(refused[-1], b"A BAD NUL in command\r\n")
+        self.assertEqual(self.spool.buffers, [])
+
+    @defer.inlineCallbacks
+    def test_before_login_an_append_literal_is_an_ordinary_one(self):
+        def session(client):
+            client.send(b"A APPEND INBOX {%d}\r\n" % len(MESSAGE))
+            return client.until(b"A")
+
+        refused = yield self.raw_session(session, login=False)
+        self.assertEqual(refused[-1], b"A BAD Literal too large\r\n")
+        self.assertEqual(self.spool.buffers, [])

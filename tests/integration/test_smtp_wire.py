@@ -23,8 +23,7 @@ from zope.interface import implementer
 from emailsvc.config import SMTPConfig
 from emailsvc.interfaces import ISMTPSession
 from emailsvc.smtp.server import SMTPServerFactory
-from emailsvc.spool import Spool
-from tests.spoolfiles import open_files_in, wait_for_open_file_in
+from tests.spoolfiles import KeepingSpool, open_files_in, wait_for_open_file_in
 
 LIMITS = SMTPConfig(max_message_size=20_000, command_timeout=30.0, data_timeout=30.0)
 CLIENT_TIMEOUT = 15
@@ -131,6 +130,7 @@ class WireTestCase(unittest.TestCase):
     tls = False
     implicit_tls = False
     limits = LIMITS
+    spool_threshold = 1024 * 1024
 
     def setUp(self):
         self.sessions = []
@@ -140,9 +140,10 @@ class WireTestCase(unittest.TestCase):
             context = ServerContext(key, certificate)
         self.spool_dir = os.path.abspath(self.mktemp())
         os.mkdir(self.spool_dir)
+        self.spool = KeepingSpool(self.spool_threshold, self.spool_dir)
         self.factory = SMTPServerFactory(
             self.make_session, "mx.test", self.limits, tls_context=context,
-            implicit_tls=self.implicit_tls, clock=reactor, spool=Spool(self.limits.spool_threshold, self.spool_dir),
+            implicit_tls=self.implicit_tls, clock=reactor, spool=self.spool,
         )
         if self.implicit_tls:
             self.port = reactor.listenSSL(0, self.factory, context, interface="127.0.0.1")
@@ -301,10 +302,11 @@ class PlainTests(WireTestCase):
 
 
 class SpoolTests(WireTestCase):
-    """A message over smtp.spool_threshold waits in an anonymous file of
-    the spool directory while it is received, and nowhere once done."""
+    """A message over the spool threshold waits in an anonymous file of the
+    spool directory while it is received, and nowhere once done."""
 
-    limits = replace(LIMITS, max_message_size=4_000_000, spool_threshold=64 * 1024)
+    limits = replace(LIMITS, max_message_size=4_000_000)
+    spool_threshold = 64 * 1024
     body = b"Subject: big\r\n\r\n" + b"".join(b".line %d of a long message\r\n" % i for i in range(60_000))
 
     def start_data(self, sock):
@@ -327,6 +329,7 @@ class SpoolTests(WireTestCase):
         self.assertEqual(listed, [])  # anonymous: no name to leak after a crash
         self.assertEqual(replies, ["250 2.0.0 Ok: queued as Q1", "221 2.0.0 mx.test closing connection"])
         self.assertEqual(self.sessions[0].messages, [self.body.replace(b"\r\n.", b"\r\n")])
+        self.assertEqual([buffer.closed for buffer in self.spool.buffers], [True])
         self.assertEqual(open_files_in(self.spool_dir), [])
 
     @defer.inlineCallbacks
@@ -339,6 +342,7 @@ class SpoolTests(WireTestCase):
         spooled = yield self.in_thread(client)
         self.assertTrue(spooled)
         self.assertEqual(self.sessions[0].messages, [])
+        self.assertEqual([buffer.closed for buffer in self.spool.buffers], [True])
         self.assertEqual(open_files_in(self.spool_dir), [])
 
 

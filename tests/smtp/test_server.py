@@ -876,10 +876,15 @@ class DataTests(ServerTestCase):
         pending.callback("late")
         self.assertEqual(self.take(), b"")
 
-    def test_logging(self):
+    def log_events(self) -> list:
+        """Every log event from now until the test ends."""
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    def test_logging(self):
+        events = self.log_events()
         self.start_transaction(recipients=2)
         self.send(b"DATA\r\nSubject: very secret content\r\n\r\nPassword: hunter2\r\n.\r\n")
         [event] = [e for e in events if e.get("log_format", "").startswith("Transaction")]
@@ -890,22 +895,22 @@ class DataTests(ServerTestCase):
         for event in events:
             self.assertNotIn("hunter2", repr(event))
 
-    def test_spool_failure_is_a_temporary_refusal(self):
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+    def test_spool_failure_is_a_temporary_refusal_not_a_client_error(self):
+        events = self.log_events()
         self.factory.spool = Spool(16, os.path.join(self.mktemp(), "missing"))
-        self.start_transaction()
-        self.send(b"DATA\r\nSubject: more than sixteen octets\r\n\r\nbody\r\n.\r\nNOOP\r\n")
-        self.assertEqual(
-            self.take(),
-            b"354 End data with <CR><LF>.<CR><LF>\r\n"
-            b"452 4.3.1 Insufficient system storage\r\n"
-            b"250 2.0.0 Ok\r\n",
-        )
+        self.server.limits = replace(LIMITS, max_errors=1)
+        for _ in range(3):
+            self.start_transaction()
+            self.send(b"DATA\r\nSubject: more than sixteen octets\r\n\r\nbody\r\n.\r\nNOOP\r\n")
+            self.assertEqual(
+                self.take(),
+                b"354 End data with <CR><LF>.<CR><LF>\r\n"
+                b"452 4.3.1 Insufficient system storage\r\n"
+                b"250 2.0.0 Ok\r\n",
+            )
         self.assertEqual(self.session.messages, [])
-        [event] = [e for e in events if e.get("log_format", "").startswith("Cannot keep a message")]
-        self.assertIsInstance(event["error"], FileNotFoundError)
+        logged = [e for e in events if e.get("log_format", "").startswith("Cannot keep a message")]
+        self.assertEqual([type(event["error"]) for event in logged], [FileNotFoundError] * 3)
 
 
 class PipeliningTests(ServerTestCase):
