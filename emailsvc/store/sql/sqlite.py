@@ -70,7 +70,7 @@ class SQLiteDatabase:
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute("PRAGMA foreign_keys=ON")
         connection.execute("PRAGMA busy_timeout=10000")
-        # Once, here: (re)defining a function expires every statement the
+        # Once, here: redefining a function expires every statement the
         # connection has prepared, so each later query is compiled again.
         connection.create_function("imap_fold", 1, fold, deterministic=True)
         if search:

@@ -55,8 +55,9 @@ class EngineTests(unittest.TestCase):
         def query(connection):
             begin_search(connection)
             active = connection.execute("SELECT v FROM t ORDER BY v")  # still stepping
-            # Registering the function again here would fail ("active
-            # statements"), and expire every statement the connection prepared.
+            # Registering the function again would fail here, with a
+            # statement active (SQLite refuses), and with none it would
+            # expire every statement the connection has prepared.
             begin_search(connection)
             return connection.execute("SELECT imap_fold('STRASSE')").fetchone()[0], active.fetchall()
 
