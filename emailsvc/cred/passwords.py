@@ -9,7 +9,10 @@ inherit it): sessions already logged in keep the cores, and a login gets
 what CPU they leave.  An idle machine hashes as fast as ever; a saturated
 one makes logins wait rather than every logged-in user's commands, and a
 flood of password guesses cannot take the CPU from them.  The pool is
-process-wide, so it also bounds how many logins hash at once.
+process-wide, so it also bounds how many logins hash at once; a check
+asked for while MAX_WAITING others wait fails at once with `Busy`, which
+protocols answer as a temporary failure, so a flood of logins neither
+queues without end nor makes a user wait behind it.
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ import threading
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from emailsvc.niceness import lower_this_thread
@@ -27,10 +32,19 @@ NICENESS = 19
 """Added to the niceness of the pool's threads (Linux only; capped at 19).
 At +5 a saturated IMAP worker still gave logins about a quarter of its CPU
 and commands queued behind them (benchmarks/README.rst, IMAP)."""
+MAX_WAITING = 64
+"""Password checks that may wait for a thread of the pool."""
+
+log = Logger()
 
 _hasher = PasswordHasher()
 _pool: ThreadPool | None = None
 _lowered = threading.local()
+_checks = 0  # asked for and not yet done, running or waiting (reactor thread only)
+
+
+class Busy(Exception):
+    """Too many password checks are waiting; the client should try later."""
 
 
 def hash_password(password: str) -> str:
@@ -57,8 +71,21 @@ def hash_later(password: str):
 
 
 def verify_later(hashed: str, password: str):
-    """`verify_password` in the password pool. @return: Deferred firing with a bool."""
-    return _in_pool(verify_password, hashed, password)
+    """`verify_password` in the password pool. @return: Deferred firing
+    with a bool, or failing with `Busy` at once when MAX_WAITING checks wait."""
+    global _checks
+    if _checks >= THREADS + MAX_WAITING:
+        return defer.fail(Busy("password checks are busy"))
+    _checks += 1
+    if _checks == THREADS + MAX_WAITING:
+        log.warn("{waiting} password checks are waiting: refusing logins until one is done", waiting=MAX_WAITING)
+    return _in_pool(verify_password, hashed, password).addBoth(_checked)
+
+
+def _checked(result):
+    global _checks
+    _checks -= 1
+    return result
 
 
 def _in_pool(function, *args):

@@ -13,7 +13,10 @@ from twisted.cred import credentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.mail import imap4
 
+from emailsvc.cred import passwords
 from emailsvc.imap.wire import AlreadyAnswered, Bad, No
+
+TEMPORARY_FAILURE = "Temporary authentication failure"
 
 CRLF = b"\r\n"
 
@@ -82,9 +85,11 @@ class AuthCommands:
             self._auth_failures += 1
             self._close_after_reply = self._auth_failures >= self.max_auth_failures
             raise No("Authentication failed", "AUTHENTICATIONFAILED") from None
+        except passwords.Busy:
+            raise No(TEMPORARY_FAILURE, "UNAVAILABLE") from None
         except Exception:
             self.log.failure("IMAP login failed for {peer}", peer=self.peer_host)
-            raise No("Temporary authentication failure", "UNAVAILABLE") from None
+            raise No(TEMPORARY_FAILURE, "UNAVAILABLE") from None
         if self.closed:
             logout()
             raise AlreadyAnswered()

@@ -35,6 +35,7 @@ from twisted.mail import pop3
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from emailsvc.cred import passwords
 from emailsvc.pop3.maildrop import MessageGone
 from emailsvc.pop3.wire import CRLF, TERMINATOR, MessageEncoder
 
@@ -429,6 +430,8 @@ class POP3Server(pop3.POP3):
         if failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed, cred_error.LoginDenied):
             self._log.info("POP3 login failed from {peer}", peer=self.peer_host)
             raise CommandError(AUTH_FAILED)
+        if failure.check(passwords.Busy):
+            raise CommandError(SERVER_ERROR, count=False)
         return failure
 
     def cmd_QUIT(self, argument):

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from emailsvc.addresses import normalize_address, normalize_domain, split_address
+from emailsvc.cred import passwords
 from emailsvc.checks.headers import header_fields
 from emailsvc.errors import InvalidName, SMTPReplyError
 from emailsvc.interfaces import ISMTPSession, ISubmitter
@@ -39,6 +40,7 @@ MECHANISMS = (b"PLAIN", b"LOGIN")
 
 AUTH_REQUIRED = (530, "5.7.0", "Authentication required")
 BAD_CREDENTIALS = (535, "5.7.8", "Authentication credentials invalid")
+TEMPORARY_FAILURE = (454, "4.7.0", "Temporary authentication failure")
 NOT_OWNER = (553, "5.7.1", "Sender address not owned by the authenticated user")
 FROM_NOT_OWNER = (553, "5.7.1", "From: address not owned by the authenticated user")
 # A temporary reply: the recipient is fine and the message may be sent once
@@ -154,9 +156,11 @@ class SubmissionServer(ESMTPServer):
         except cred_error.UnauthorizedLogin:
             self._log.info("AUTH failed from {peer}", peer=self.peer)
             raise reply(*BAD_CREDENTIALS) from None
+        except passwords.Busy:
+            raise reply(*TEMPORARY_FAILURE) from None
         except Exception:
             self._log.failure("AUTH could not be checked for {peer}", peer=self.peer)
-            raise reply(454, "4.7.0", "Temporary authentication failure") from None
+            raise reply(*TEMPORARY_FAILURE) from None
         if self._mode is CLOSED:
             logout()
             return

@@ -4,6 +4,7 @@ import sys
 import threading
 
 from twisted.internet import defer
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from emailsvc.cred import passwords
@@ -32,3 +33,20 @@ class PasswordPoolTests(unittest.TestCase):
         self.assertIn("passwords", name)
         if sys.platform.startswith("linux"):
             self.assertGreaterEqual(niceness, min(19, os.getpriority(os.PRIO_PROCESS, 0) + passwords.NICENESS))
+
+    @defer.inlineCallbacks
+    def test_checks_past_the_waiting_limit_fail_at_once(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        self.patch(passwords, "verify_password", lambda hashed, password: release.wait(10))
+        self.patch(passwords, "MAX_WAITING", 1)
+        held = [passwords.verify_later("hash", "password") for _ in range(passwords.THREADS + 1)]
+        self.failureResultOf(passwords.verify_later("hash", "password"), passwords.Busy)
+        warnings = [event for event in events if "password checks are waiting" in event.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        release.set()
+        self.assertEqual((yield defer.gatherResults(held)), [True] * (passwords.THREADS + 1))
+        self.assertTrue((yield passwords.verify_later("hash", "password")))  # room again

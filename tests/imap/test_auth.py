@@ -4,8 +4,10 @@ import imaplib
 
 from twisted.internet import defer, reactor
 
+from emailsvc.cred import passwords
 from emailsvc.cred.throttle import AuthThrottle
 from emailsvc.imap.factory import make_factory
+from emailsvc.store.sql import directory as sql_directory
 from tests.imap.support import PASSWORD, USER, IMAPTestCase, RawClient, client_ssl_context
 
 FAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
@@ -167,6 +169,18 @@ class LoginTests(IMAPTestCase):
             self.assertEqual(end, b"")
 
         return self.in_thread(run).addCallback(check)
+
+    @defer.inlineCallbacks
+    def test_busy_password_checks_are_a_temporary_failure(self):
+        self.patch(sql_directory, "verify_later", lambda hashed, password: defer.fail(passwords.Busy("busy")))
+
+        def session(client):
+            return client.login(), client.command(b"N", b"NOOP")
+
+        login, noop = yield self.raw_session(session, login=False)
+        self.assertEqual(login, [b"L NO [UNAVAILABLE] Temporary authentication failure\r\n"])
+        self.assertEqual(noop, [b"N OK NOOP completed\r\n"])
+        self.assertFalse(self.throttle.locked("127.0.0.1", USER))
 
     @defer.inlineCallbacks
     def test_throttle_locks_out_with_the_same_reply(self):

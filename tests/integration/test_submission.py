@@ -17,6 +17,7 @@ from emailsvc.checks.dkim import DKIMCheck
 from emailsvc.checks.model import SessionState
 from emailsvc.checks.plugins import build_pipeline
 from emailsvc.config import SMTPConfig, TLSConfig, parse
+from emailsvc.cred import passwords
 from emailsvc.cred.checker import DirectoryChecker
 from emailsvc.cred.realm import MailRealm
 from emailsvc.cred.throttle import AuthThrottle
@@ -27,6 +28,7 @@ from emailsvc.service import InFlight
 from emailsvc.smtp.server import SMTPServerFactory
 from emailsvc.smtp.session import MXSession
 from emailsvc.smtp.submission import RateLimiter, SubmissionFactory, SubmissionSession, submitter_factory
+from emailsvc.store.sql import directory as sql_directory
 from tests.fakedns import DNSTestCase
 from tests.store.test_sqlite import open_embedded, stored_messages, stored_raw
 
@@ -249,6 +251,18 @@ class SubmissionTests(SubmissionFixture, unittest.TestCase):
         yield self.in_thread(attempt, "alice@example.test", "wrong again")
         locked = yield self.in_thread(attempt, "alice@example.test", ALICE_PW)
         self.assertEqual(locked, wrong)
+
+    @defer.inlineCallbacks
+    def test_busy_password_checks_are_a_temporary_failure(self):
+        self.patch(sql_directory, "verify_later", lambda hashed, password: defer.fail(passwords.Busy("busy")))
+
+        def attempt():
+            with self.connect("587") as client:
+                return client.docmd("AUTH", "PLAIN " + _plain("alice@example.test", ALICE_PW)), client.noop()
+
+        busy, noop = yield self.in_thread(attempt)
+        self.assertEqual(busy, (454, b"4.7.0 Temporary authentication failure"))
+        self.assertEqual(noop[0], 250)
 
     @defer.inlineCallbacks
     def test_implicit_tls_offers_auth_at_once(self):

@@ -11,6 +11,7 @@ from twisted.mail import pop3
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from emailsvc.cred import passwords
 from emailsvc.cred.checker import DirectoryChecker
 from emailsvc.cred.realm import MailRealm
 from emailsvc.cred.throttle import AuthThrottle
@@ -41,14 +42,14 @@ class TLSStringTransport(StringTransport):
 
 class FakeDirectory:
     def __init__(self):
-        self.fail = False
+        self.fail = None  # an exception to fail logins with
         self.slow = None
 
     def authenticate(self, address, password):
         if self.slow is not None:
             return self.slow
-        if self.fail:
-            return defer.fail(RuntimeError("database down"))
+        if self.fail is not None:
+            return defer.fail(self.fail)
         ok = address.lower() == "alice@example.test" and password == "s3cret pw"
         return defer.succeed(User(7, "alice@example.test") if ok else None)
 
@@ -267,10 +268,16 @@ class AuthenticationTests(ServerTestCase):
         self.assertEqual(self.maildrops, [])
 
     def test_directory_failure_is_temporary(self):
-        self.directory.fail = True
+        self.directory.fail = RuntimeError("database down")
         self.assertEqual(self.exchange(b"USER alice@example.test\r\nPASS s3cret pw\r\n"),
                          b"+OK Send PASS\r\n-ERR [SYS/TEMP] Temporary server error, try again later\r\n")
-        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_busy_password_checks_are_temporary_and_not_logged_as_errors(self):
+        self.directory.fail = passwords.Busy("busy")
+        self.assertEqual(self.exchange(b"USER alice@example.test\r\nPASS s3cret pw\r\n"),
+                         b"+OK Send PASS\r\n-ERR [SYS/TEMP] Temporary server error, try again later\r\n")
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_commands_before_login(self):
         for command in (b"STAT", b"LIST", b"RETR 1", b"DELE 1", b"UIDL", b"TOP 1 1", b"NOOP", b"RSET"):
