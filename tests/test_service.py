@@ -109,7 +109,7 @@ class FreezeTests(unittest.SynchronousTestCase):
 
 
 class SpoolWiringTests(unittest.SynchronousTestCase):
-    def test_smtp_listeners_spool_under_the_data_directory(self):
+    def test_smtp_and_imap_listeners_spool_under_the_data_directory(self):
         config = parse(f"[server]\ndata_dir = {self.mktemp()!r}\n", "test.toml")
         store = SimpleNamespace(metadata=SimpleNamespace(directory=object(), mail=object()), blobs=object())
         context = BuildContext(config, MemoryReactorClock(), store, SimpleNamespace(pipeline=object()), None,

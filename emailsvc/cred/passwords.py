@@ -9,10 +9,10 @@ inherit it): sessions already logged in keep the cores, and a login gets
 what CPU they leave.  An idle machine hashes as fast as ever; a saturated
 one makes logins wait rather than every logged-in user's commands, and a
 flood of password guesses cannot take the CPU from them.  The pool is
-process-wide, so it also bounds how many logins hash at once; a check
-asked for while MAX_WAITING others wait fails at once with `Busy`, which
-protocols answer as a temporary failure, so a flood of logins neither
-queues without end nor makes a user wait behind it.
+process-wide, so it also bounds how many logins hash at once; a
+verification asked for while MAX_WAITING others wait fails at once with
+`Busy`, which protocols answer as a temporary failure, so a flood of logins
+does not queue without end.
 """
 from __future__ import annotations
 
@@ -32,15 +32,18 @@ NICENESS = 19
 """Added to the niceness of the pool's threads (Linux only; capped at 19).
 At +5 a saturated IMAP worker still gave logins about a quarter of its CPU
 and commands queued behind them (benchmarks/README.rst, IMAP)."""
-MAX_WAITING = 64
-"""Password checks that may wait for a thread of the pool."""
+MAX_WAITING = 256
+"""Verifications that may wait for a thread of the pool, in each process:
+about 20 s of hashing on an idle two-core machine, around the time a
+client waits for an answer."""
 
 log = Logger()
 
 _hasher = PasswordHasher()
 _pool: ThreadPool | None = None
 _lowered = threading.local()
-_checks = 0  # asked for and not yet done, running or waiting (reactor thread only)
+_checks = 0  # verifications asked for and not yet done, running or waiting (reactor thread only)
+_full = False  # whether refusing has been logged since the queue last drained
 
 
 class Busy(Exception):
@@ -72,19 +75,28 @@ def hash_later(password: str):
 
 def verify_later(hashed: str, password: str):
     """`verify_password` in the password pool. @return: Deferred firing
-    with a bool, or failing with `Busy` at once when MAX_WAITING checks wait."""
-    global _checks
+    with a bool, or failing with `Busy` at once while MAX_WAITING other
+    checks wait (logged once each time the pool fills up)."""
+    global _checks, _full
     if _checks >= THREADS + MAX_WAITING:
+        if not _full:
+            _full = True
+            log.warn("{waiting} password checks are waiting: refusing logins for now", waiting=MAX_WAITING)
         return defer.fail(Busy("password checks are busy"))
     _checks += 1
-    if _checks == THREADS + MAX_WAITING:
-        log.warn("{waiting} password checks are waiting: refusing logins until one is done", waiting=MAX_WAITING)
-    return _in_pool(verify_password, hashed, password).addBoth(_checked)
+    try:
+        checked = _in_pool(verify_password, hashed, password)
+    except BaseException:
+        _checks -= 1
+        raise
+    return checked.addBoth(_checked)
 
 
 def _checked(result):
-    global _checks
+    global _checks, _full
     _checks -= 1
+    if _checks <= THREADS:
+        _full = False  # the queue drained: log the next time it fills
     return result
 
 

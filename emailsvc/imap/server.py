@@ -285,11 +285,12 @@ class IMAPServer(AuthCommands, MailboxCommands, SelectedCommands, imap4.IMAP4Ser
         elif len(self._literals) >= 1000:
             error = Bad("Too many literals")
         self._command_size += size
-        if error is not None and synchronizing:
+        refusal = self._command_error or error
+        if refusal is not None and synchronizing:
             # The client sends nothing more of this command.
             tag = self._parts[0].split(b" ", 1)[0]
             self._reset_command()
-            self._reply_error(tag if valid_tag(Atom(tag)) else b"*", error)
+            self._reply_error(tag if valid_tag(Atom(tag)) else b"*", refusal)
             return
         if error is not None:
             if size > 0xFFFFFFFF:

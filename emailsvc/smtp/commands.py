@@ -2,8 +2,9 @@
 paths and parameters per RFC 5321 section 4.1 and RFC 6531, the DATA
 stream) and formatting replies with enhanced status codes (RFC 2034).
 
-Everything here is pure: bytes in, values or `SMTPReplyError` out (the
-DATA reader writes into the `emailsvc.spool.MessageBuffer` it is given).  The input is hostile, so
+Everything here is pure: bytes in, values or `SMTPReplyError` out, except
+that the DATA reader writes into an `emailsvc.spool.MessageBuffer` (which
+may spill to a file).  The input is hostile, so
 every function bounds its work by the input length and fails with a reply
 rather than an unexpected exception.
 """

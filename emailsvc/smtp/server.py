@@ -49,7 +49,7 @@ from emailsvc.smtp.commands import (
 
 COMMAND, DATA, CLOSED = "command", "data", "closed"
 # Refusals that are not the client's fault (see ESMTPServer.reply).
-_NOT_CLIENT_ERRORS = frozenset({(452, "4.5.3"), (452, "4.3.1")})
+_NOT_CLIENT_ERRORS = frozenset({(452, "4.5.3"), (452, "4.3.1"), (454, "4.7.0")})
 
 
 class LineTooLong(Exception):
@@ -631,8 +631,8 @@ class ESMTPServer(smtp.ESMTP):
         """Send one reply (batched with the other replies of this input).
 
         A 4xx/5xx reply counts as a client error, except 452 4.5.3 (the
-        client is told to send the rest later), 452 4.3.1 (this server's
-        storage failed) and 421; past
+        client is told to send the rest later), 452 4.3.1 and 454 4.7.0
+        (this server's storage or authentication failed for now) and 421; past
         `limits.max_errors` errors the client gets 421 and is dropped.
         421 always closes the connection.
         """

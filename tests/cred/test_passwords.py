@@ -44,7 +44,8 @@ class PasswordPoolTests(unittest.TestCase):
         self.patch(passwords, "verify_password", lambda hashed, password: release.wait(10))
         self.patch(passwords, "MAX_WAITING", 1)
         held = [passwords.verify_later("hash", "password") for _ in range(passwords.THREADS + 1)]
-        self.failureResultOf(passwords.verify_later("hash", "password"), passwords.Busy)
+        for _ in range(3):
+            self.failureResultOf(passwords.verify_later("hash", "password"), passwords.Busy)
         warnings = [event for event in events if "password checks are waiting" in event.get("log_format", "")]
         self.assertEqual(len(warnings), 1)
         release.set()

@@ -75,10 +75,13 @@ class SpoolTests(IMAPTestCase):
     def test_a_refused_command_keeps_none_of_its_literals(self):
         def session(client):
             client.send(b"A APPEND INBOX\x00 {%d+}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
-            return client.until(b"A")
+            sent = client.until(b"A")
+            client.send(b"B APPEND INBOX\x00 {%d}\r\n" % len(MESSAGE))
+            return sent, client.until(b"B")  # refused at once: no "+" to send it
 
-        refused = yield self.raw_session(session)
-        self.assertEqual(refused[-1], b"A BAD NUL in command\r\n")
+        sent, asked = yield self.raw_session(session)
+        self.assertEqual(sent, [b"A BAD NUL in command\r\n"])
+        self.assertEqual(asked, [b"B BAD NUL in command\r\n"])
         self.assertEqual(self.spool.buffers, [])
 
     @defer.inlineCallbacks
@@ -89,4 +92,15 @@ class SpoolTests(IMAPTestCase):
 
         refused = yield self.raw_session(session, login=False)
         self.assertEqual(refused[-1], b"A BAD Literal too large\r\n")
+        self.assertEqual(self.spool.buffers, [])
+
+    @defer.inlineCallbacks
+    def test_before_login_a_large_literal_plus_is_read_and_refused(self):
+        def session(client):
+            client.send(b"A APPEND INBOX {%d+}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
+            return client.until(b"A"), client.command(b"N", b"NOOP")
+
+        refused, noop = yield self.raw_session(session, login=False)
+        self.assertEqual(refused, [b"A BAD Literal too large\r\n"])
+        self.assertEqual(noop, [b"N OK NOOP completed\r\n"])  # still in step
         self.assertEqual(self.spool.buffers, [])
