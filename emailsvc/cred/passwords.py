@@ -42,6 +42,7 @@ log = Logger()
 _hasher = PasswordHasher()
 _pool: ThreadPool | None = None
 _lowered = threading.local()
+_stopping = threading.Event()
 _checks = 0  # verifications asked for and not yet done, running or waiting (reactor thread only)
 _full = False  # whether refusing has been logged since the queue last drained
 
@@ -105,6 +106,7 @@ def _in_pool(function, *args):
 
     global _pool
     if _pool is None:
+        _stopping.clear()
         _pool = ThreadPool(minthreads=0, maxthreads=THREADS, name="passwords")
         # Nothing to finish at exit: a daemon thread may die in a hash.
         _pool.threadFactory = lambda *a, **kw: threading.Thread(*a, daemon=True, **kw)
@@ -114,13 +116,19 @@ def _in_pool(function, *args):
 
 
 def _stop():
+    """Stop the pool: the hashes running finish, the waiting ones are skipped
+    (at the lowest priority, up to MAX_WAITING of them could hold up the
+    exit for minutes on a busy machine)."""
     global _pool
     pool, _pool = _pool, None
     if pool is not None:
+        _stopping.set()
         pool.stop()
 
 
 def _lower_priority_then(function, *args):
+    if _stopping.is_set():
+        raise Busy("shutting down")
     if not getattr(_lowered, "done", False):
         lower_this_thread(NICENESS)
         _lowered.done = True

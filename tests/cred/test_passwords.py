@@ -2,8 +2,9 @@
 import os
 import sys
 import threading
+import time
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
@@ -51,3 +52,37 @@ class PasswordPoolTests(unittest.TestCase):
         release.set()
         self.assertEqual((yield defer.gatherResults(held)), [True] * (passwords.THREADS + 1))
         self.assertTrue((yield passwords.verify_later("hash", "password")))  # room again
+
+    @defer.inlineCallbacks
+    def test_stopping_lets_running_checks_finish_and_skips_waiting_ones(self):
+        release = threading.Event()
+        self.addCleanup(release.set)
+        started = []
+
+        def blocking(hashed, password):
+            started.append(password)
+            return release.wait(10)
+
+        self.patch(passwords, "verify_password", blocking)
+        running = [passwords.verify_later("hash", "running") for _ in range(passwords.THREADS)]
+        waiting = [passwords.verify_later("hash", "waiting") for _ in range(2)]
+        yield _until(lambda: len(started) == passwords.THREADS)
+        stopped = threads.deferToThread(passwords._stop)  # it joins the pool's threads
+        yield _until(passwords._stopping.is_set)
+        release.set()
+        yield stopped
+        self.assertEqual(started, ["running"] * passwords.THREADS)
+        self.assertEqual((yield defer.gatherResults(running)), [True] * passwords.THREADS)
+        for check in waiting:
+            self.failureResultOf(check, passwords.Busy)
+        self.assertTrue((yield passwords.verify_later("hash", "again")))  # a new pool
+
+
+@defer.inlineCallbacks
+def _until(condition, seconds=10.0):
+    """Let the reactor turn until `condition()` holds, up to `seconds` and 1,000 turns."""
+    deadline = time.monotonic() + seconds
+    for _ in range(1000):
+        if condition() or time.monotonic() > deadline:
+            return
+        yield task.deferLater(reactor, 0.01, lambda: None)
