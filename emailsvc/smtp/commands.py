@@ -2,11 +2,10 @@
 paths and parameters per RFC 5321 section 4.1 and RFC 6531, the DATA
 stream) and formatting replies with enhanced status codes (RFC 2034).
 
-Everything here is pure: bytes in, values or `SMTPReplyError` out, except
-that the DATA reader writes into an `emailsvc.spool.MessageBuffer` (which
-may spill to a file).  The input is hostile, so
-every function bounds its work by the input length and fails with a reply
-rather than an unexpected exception.
+Everything here is pure: bytes in, values or `SMTPReplyError` out (the
+DATA reader writes into the `emailsvc.spool.MessageBuffer` it is given).
+The input is hostile, so every function bounds its work by the input length
+and fails with a reply rather than an unexpected exception.
 """
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from emailsvc.errors import SMTPReplyError
-from emailsvc.spool import MessageBuffer, Spool
+from emailsvc.spool import MessageBuffer
 
 CRLF = b"\r\n"
 
@@ -309,18 +308,17 @@ class DataReader:
     with a line over `max_line_length` octets (CRLF not counted); once
     refused, nothing more is kept.
 
-    The message goes into `buffer` (by default one of the default Spool's).
-    When it cannot be kept or read back, it is refused with 452 4.3.1 and
+    The message goes into `buffer`.  When it cannot be kept or read back, it is refused with 452 4.3.1 and
     the cause is in `storage_error`.  `close()` lets go of the buffer.
     """
 
-    def __init__(self, max_size: int, max_line_length: int, buffer: MessageBuffer | None = None):
+    def __init__(self, max_size: int, max_line_length: int, buffer: MessageBuffer):
         self.max_size = max_size
         self.max_line_length = max_line_length
         self.done = False
         self.error: SMTPReplyError | None = None
         self.size = 0
-        self._buffer = buffer or Spool().buffer()
+        self._buffer = buffer
         # Whether the next byte fed starts a line.  False only while the
         # tail of an overlong line is skipped.
         self._line_start = True

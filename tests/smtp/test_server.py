@@ -1177,7 +1177,7 @@ class CommandParsingTests(unittest.TestCase):
         self.assertEqual(commands.public_reply(SMTPReplyError(600, "6.0.0", "x")), commands.INTERNAL_ERROR)
 
     def test_data_reader_terminator_only_crlf_dot_crlf(self):
-        reader = commands.DataReader(10_000, 1000)
+        reader = commands.DataReader(10_000, 1000, Spool().buffer())
         rest = reader.feed(b"a\n.\nb\r.\rc\r\n.\r")
         self.assertFalse(reader.done)
         self.assertEqual(rest, b".\r")
@@ -1187,7 +1187,7 @@ class CommandParsingTests(unittest.TestCase):
         self.assertEqual(reader.error.code, 550)
 
     def test_data_reader_unstuffing(self):
-        reader = commands.DataReader(10_000, 1000)
+        reader = commands.DataReader(10_000, 1000, Spool().buffer())
         self.assertEqual(reader.feed(b"..\r\n...\r\n.x\r\nx.\r\n.\r\n"), b"")
         self.assertEqual(reader.take(), b".\r\n..\r\nx\r\nx.\r\n")
         self.assertIsNone(reader.error)
