@@ -85,12 +85,7 @@ def verify_later(hashed: str, password: str):
             log.warn("{waiting} password checks are waiting: refusing logins for now", waiting=MAX_WAITING)
         return defer.fail(Busy("password checks are busy"))
     _checks += 1
-    try:
-        checked = _in_pool(verify_password, hashed, password)
-    except BaseException:
-        _checks -= 1
-        raise
-    return checked.addBoth(_checked)
+    return _in_pool(verify_password, hashed, password).addBoth(_checked)
 
 
 def _checked(result):
