@@ -4,8 +4,6 @@ anonymous: /proc/self/fd is where they show)."""
 import os
 import time
 
-from twisted.internet import defer, reactor, task
-
 from emailsvc.spool import Spool
 
 
@@ -49,13 +47,3 @@ def wait_for_open_file_in(directory: str, seconds: float = 10.0) -> bool:
         time.sleep(0.01)
     return False
 
-
-@defer.inlineCallbacks
-def until_no_open_file_in(directory: str, seconds: float = 5.0):
-    """Let the reactor turn until no file in `directory` is open, up to
-    `seconds` and 500 turns (the server sees a close a little later)."""
-    deadline = time.monotonic() + seconds
-    for _ in range(500):
-        if not open_files_in(directory) or time.monotonic() > deadline:
-            return
-        yield task.deferLater(reactor, 0.01, lambda: None)

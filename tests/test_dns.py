@@ -1,7 +1,7 @@
 """emailsvc.dns: the resolver factory and lookup helpers, against a fake server."""
 import re
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import PredicateResult, globalLogPublisher
 from twisted.names import client
@@ -12,6 +12,7 @@ from twisted.trial import unittest
 from emailsvc import dns
 from emailsvc.config import ConfigError, DNSConfig
 from tests.fakedns import DNSTestCase
+from tests.polling import until
 
 
 class NameTests(unittest.TestCase):
@@ -126,10 +127,8 @@ class QueryPortLineTests(DNSTestCase, unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.dns.a("mail.example.org", "192.0.2.1")
         self.assertEqual((yield dns.lookup_a(self.resolver, "mail.example.org")), ["192.0.2.1"])
-        for _ in range(200):  # the port closes a reactor turn or two after the answer
-            if any("Closed" in event.get("log_text", "") for event in events):
-                break
-            yield task.deferLater(self.reactor, 0.01, lambda: None)
+        # The port closes a reactor turn or two after the answer.
+        yield until(lambda: any("Closed" in event.get("log_text", "") for event in events))
         dropped = [event["log_text"] for event in events if dns.drop_query_port_lines(event) is PredicateResult.no]
         shapes = sorted(re.sub(r"0x[0-9a-f]+|\d+", "N", text) for text in dropped)
         self.assertEqual(shapes, [

@@ -2,13 +2,13 @@
 import os
 import sys
 import threading
-import time
 
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from emailsvc.cred import passwords
+from tests.polling import until
 
 
 class PasswordPoolTests(unittest.TestCase):
@@ -66,9 +66,9 @@ class PasswordPoolTests(unittest.TestCase):
         self.patch(passwords, "verify_password", blocking)
         running = [passwords.verify_later("hash", "running") for _ in range(passwords.THREADS)]
         waiting = [passwords.verify_later("hash", "waiting") for _ in range(2)]
-        yield _until(lambda: len(started) == passwords.THREADS)
+        yield until(lambda: len(started) == passwords.THREADS)
         stopped = threads.deferToThread(passwords._stop)  # it joins the pool's threads
-        yield _until(passwords._stopping.is_set)
+        yield until(passwords._stopping.is_set)
         release.set()
         yield stopped
         self.assertEqual(started, ["running"] * passwords.THREADS)
@@ -76,13 +76,3 @@ class PasswordPoolTests(unittest.TestCase):
         for check in waiting:
             self.failureResultOf(check, passwords.Busy)
         self.assertTrue((yield passwords.verify_later("hash", "again")))  # a new pool
-
-
-@defer.inlineCallbacks
-def _until(condition, seconds=10.0):
-    """Let the reactor turn until `condition()` holds, up to `seconds` and 1,000 turns."""
-    deadline = time.monotonic() + seconds
-    for _ in range(1000):
-        if condition() or time.monotonic() > deadline:
-            return
-        yield task.deferLater(reactor, 0.01, lambda: None)

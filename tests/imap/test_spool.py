@@ -6,7 +6,8 @@ from twisted.internet import defer
 
 from emailsvc.spool import Spool
 from tests.imap.support import IMAPTestCase
-from tests.spoolfiles import KeepingSpool, open_files_in, until_no_open_file_in, wait_for_open_file_in
+from tests.polling import until
+from tests.spoolfiles import KeepingSpool, open_files_in, wait_for_open_file_in
 
 MESSAGE = b"Subject: big\r\n\r\n" + b"".join(b"line %d of a long message\r\n" % i for i in range(5000))
 
@@ -50,7 +51,7 @@ class SpoolTests(IMAPTestCase):
             return wait_for_open_file_in(self.spool_dir)
 
         self.assertTrue((yield self.raw_session(session)))
-        yield until_no_open_file_in(self.spool_dir)
+        yield until(lambda: not open_files_in(self.spool_dir))  # the server sees the close a little later
         self.assertEqual([buffer.closed for buffer in self.spool.buffers], [True])
         self.assertEqual(open_files_in(self.spool_dir), [])
         inbox = yield self.mail.get_mailbox(self.user.id, "INBOX")
